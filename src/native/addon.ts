@@ -3,8 +3,8 @@
 // is the safety net). Every method that does real math returns a Promise and runs off the JS thread.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../paths.js';
 
 export type DType = 'f32' | 'bf16' | 'f16';
 export type Backend = 'cpu' | 'cuda';
@@ -146,8 +146,7 @@ export interface NativeAddon {
 }
 
 function findAddon(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const root = join(here, '..', '..');
+  const root = PACKAGE_ROOT;
   const candidates = [
     process.env.WEBGRPO_ADDON,
     join(root, 'build', 'Release', 'webgrpo.node'),
