@@ -1,0 +1,732 @@
+// The CPU engine: LFM2 forward/backward/AdamW/generate in fp32 built from the reference ops in ops.h.
+// Parameters, gradients and AdamW moments each live in one arena, laid out by lfm2ParameterTable.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "cpu/ops.h"
+#include "engine.h"
+
+namespace webgrpo {
+namespace {
+
+using std::vector;
+
+// Offsets (into the arenas) of one layer's tensors; -1 where the layer kind has no such tensor.
+struct LayerOffsets {
+  int64_t operatorNorm = -1, ffnNorm = -1, w1 = -1, w2 = -1, w3 = -1;
+  int64_t convWeight = -1, inProj = -1, outProj = -1;
+  int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
+};
+
+// Everything the forward pass keeps for backward (and prefill reads its caches from).
+struct LayerActivations {
+  vector<float> xIn, rstdOp, normed;                                  // residual in, operator_norm output
+  vector<float> bcx, bx, conv, y;                                     // short conv
+  vector<float> qRaw, kRaw, rstdQ, rstdK, q, k, v, attn, lse;         // attention (q, k after norm + RoPE)
+  vector<float> xMid, rstdFfn, ffnIn, gate, up, act;                  // feed forward
+};
+
+struct Activations {
+  int64_t batch = 0, seqLen = 0;
+  vector<int32_t> tokens;
+  vector<uint8_t> mask;
+  vector<int32_t> positions;
+  vector<LayerActivations> layers;
+  vector<float> xLast, rstdFinal, xFinal;
+  // What the last score() scored, for backward.
+  vector<int64_t> scoredRows;  // row (b*T + t-1) whose hidden state predicts each scored token
+  vector<int32_t> targets;
+  vector<int32_t> allowedOffsets, allowedTokens;
+  bool hasAllowed = false;
+  float temperature = 1.0f;
+};
+
+// Decoding state of one sequence.
+struct SequenceState {
+  int32_t prompt = 0;
+  vector<vector<float>> convState;  // per layer: [(K-1), H] for conv layers, empty otherwise
+  vector<vector<float>> kCache, vCache;  // per layer: [len, kvDim] for attention layers
+  int64_t length = 0;                    // tokens in the caches
+  vector<uint8_t> seen;                  // for the repetition penalty: prompt and generated tokens
+  uint64_t rng = 0;
+  int32_t node = 0;
+  bool done = false;
+  bool failed = false;                   // non-finite logits
+  vector<float> logits;                  // next-token logits [V]
+  GenerateOutput output;
+};
+
+std::string fmtPos(int64_t b, int64_t t) { return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")"; }
+
+class CpuEngine final : public Engine {
+ public:
+  CpuEngine(const ModelConfig& config, int threads) : cfg_(config), threads_(threads) {
+    cfg_.validate();
+    table_ = lfm2ParameterTable(cfg_);
+    int64_t offset = 0;
+    for (size_t i = 0; i < table_.size(); i++) {
+      index_[table_[i].name] = i;
+      offsets_.push_back(offset);
+      numels_.push_back(shapeNumel(table_[i].shape));
+      offset += numels_.back();
+    }
+    params_.assign(offset, 0.0f);
+    embedding_ = offsetOf("model.embed_tokens.weight");
+    finalNorm_ = offsetOf("model.embedding_norm.weight");
+    lmHead_ = cfg_.tieEmbeddings ? embedding_ : offsetOf("lm_head.weight");
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      LayerOffsets lo;
+      lo.operatorNorm = offsetOf(p + "operator_norm.weight");
+      lo.ffnNorm = offsetOf(p + "ffn_norm.weight");
+      lo.w1 = offsetOf(p + "feed_forward.w1.weight");
+      lo.w2 = offsetOf(p + "feed_forward.w2.weight");
+      lo.w3 = offsetOf(p + "feed_forward.w3.weight");
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        lo.convWeight = offsetOf(p + "conv.conv.weight");
+        lo.inProj = offsetOf(p + "conv.in_proj.weight");
+        lo.outProj = offsetOf(p + "conv.out_proj.weight");
+      } else {
+        lo.q = offsetOf(p + "self_attn.q_proj.weight");
+        lo.k = offsetOf(p + "self_attn.k_proj.weight");
+        lo.v = offsetOf(p + "self_attn.v_proj.weight");
+        lo.o = offsetOf(p + "self_attn.out_proj.weight");
+        lo.qNorm = offsetOf(p + "self_attn.q_layernorm.weight");
+        lo.kNorm = offsetOf(p + "self_attn.k_layernorm.weight");
+      }
+      layers_.push_back(lo);
+    }
+    // Norm weights start at 1 so a fresh model is usable before initRandom/setParameter.
+    for (size_t i = 0; i < table_.size(); i++)
+      if (isNormWeight(table_[i].name)) std::fill_n(params_.data() + offsets_[i], numels_[i], 1.0f);
+  }
+
+  Device device() const override { return Device::CPU; }
+  const ModelConfig& config() const override { return cfg_; }
+  std::vector<ParameterInfo> parameterInfo() const override { return table_; }
+
+  void setParameter(const std::string& name, const Tensor& value) override {
+    size_t i = lookup("setParameter", name);
+    checkShape("setParameter", name, table_[i].shape, value.shape());
+    vector<float> data = value.toFloat32();
+    std::memcpy(params_.data() + offsets_[i], data.data(), data.size() * sizeof(float));
+  }
+
+  Tensor getParameter(const std::string& name) const override {
+    size_t i = lookup("getParameter", name);
+    return Tensor::fromFloat32(params_.data() + offsets_[i], numels_[i], table_[i].shape, DType::F32, Device::CPU);
+  }
+
+  Tensor getGradient(const std::string& name) const override {
+    size_t i = lookup("getGradient", name);
+    return arenaTensor(grads_, i);
+  }
+
+  Tensor getOptimizerState(const std::string& name, char which) const override {
+    size_t i = lookup("getOptimizerState", name);
+    return arenaTensor(which == 'm' ? adamM_ : adamV_, i);
+  }
+
+  void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
+    size_t i = lookup("setOptimizerState", name);
+    checkShape("setOptimizerState", name, table_[i].shape, value.shape());
+    ensureOptimizerState();
+    vector<float> data = value.toFloat32();
+    vector<float>& arena = which == 'm' ? adamM_ : adamV_;
+    std::memcpy(arena.data() + offsets_[i], data.data(), data.size() * sizeof(float));
+  }
+
+  void initRandom(uint64_t seed, float initializerRange) override {
+    if (!(initializerRange >= 0)) throw std::invalid_argument("initRandom: initializerRange must be >= 0");
+    for (size_t i = 0; i < table_.size(); i++) {
+      float* p = params_.data() + offsets_[i];
+      if (isNormWeight(table_[i].name)) {
+        std::fill_n(p, numels_[i], 1.0f);
+        continue;
+      }
+      // One stream per tensor, so a tensor's values do not depend on the others.
+      uint64_t rng = cpu::rng_seed_for(seed, i);
+      for (int64_t j = 0; j < numels_[i]; j += 2) {  // Box-Muller, two normals per pair of uniforms
+        double u1 = 1.0 - cpu::rng_uniform(rng), u2 = cpu::rng_uniform(rng);
+        double radius = std::sqrt(-2.0 * std::log(u1)) * initializerRange;
+        p[j] = float(radius * std::cos(2 * M_PI * u2));
+        if (j + 1 < numels_[i]) p[j + 1] = float(radius * std::sin(2 * M_PI * u2));
+      }
+    }
+    // transformers zeroes the padding_idx row of nn.Embedding.
+    if (cfg_.padTokenId >= 0 && cfg_.padTokenId < cfg_.vocabSize)
+      std::fill_n(params_.data() + embedding_ + cfg_.padTokenId * cfg_.hiddenSize, cfg_.hiddenSize, 0.0f);
+  }
+
+  std::vector<float> forwardLogits(const TokenBatchView& batch) override {
+    setThreads();
+    validateBatch("forwardLogits", batch);
+    Activations acts;
+    forward(batch, acts, false);
+    const int64_t N = batch.batch * batch.seqLen;
+    vector<float> logits(N * cfg_.vocabSize);
+    cpu::matmul_forward(logits.data(), acts.xFinal.data(), P(lmHead_), N, cfg_.hiddenSize, cfg_.vocabSize);
+    return logits;
+  }
+
+  ScoreOutput score(const ScoreArgs& args) override {
+    setThreads();
+    const TokenBatchView& batch = args.batch;
+    validateBatch("score", batch);
+    if (!(args.temperature > 0)) throw std::invalid_argument("score: temperature must be > 0");
+    const int64_t T = batch.seqLen, H = cfg_.hiddenSize;
+    auto acts = std::make_unique<Activations>();
+    for (int64_t b = 0; b < batch.batch; b++) {
+      for (int64_t t = 0; t < T; t++) {
+        if (!args.scoreMask[b * T + t]) continue;
+        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + ", which has no token before it");
+        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + fmtPos(b, t));
+        if (!batch.mask[b * T + t - 1])
+          throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + " but the token before it is padding");
+        acts->scoredRows.push_back(b * T + t - 1);
+        acts->targets.push_back(batch.tokens[b * T + t]);
+      }
+    }
+    const int64_t S = int64_t(acts->scoredRows.size());
+    if (args.allowedOffsets) {
+      acts->hasAllowed = true;
+      acts->allowedOffsets.assign(args.allowedOffsets, args.allowedOffsets + S + 1);
+      if (acts->allowedOffsets[0] != 0) throw std::invalid_argument("score: allowed.offsets[0] must be 0");
+      for (int64_t r = 0; r < S; r++) {
+        if (acts->allowedOffsets[r + 1] < acts->allowedOffsets[r])
+          throw std::invalid_argument("score: allowed.offsets must be non-decreasing (at " + std::to_string(r + 1) + ")");
+      }
+      acts->allowedTokens.assign(args.allowedTokens, args.allowedTokens + acts->allowedOffsets[S]);
+      for (int32_t tok : acts->allowedTokens)
+        if (tok < 0 || tok >= cfg_.vocabSize)
+          throw std::invalid_argument("score: allowed token " + std::to_string(tok) + " is outside the vocabulary");
+      for (int64_t r = 0; r < S; r++) {
+        const int32_t* begin = acts->allowedTokens.data() + acts->allowedOffsets[r];
+        const int32_t* end = acts->allowedTokens.data() + acts->allowedOffsets[r + 1];
+        if (std::find(begin, end, acts->targets[r]) == end) {
+          int64_t row = acts->scoredRows[r] + 1;
+          throw std::invalid_argument("score: token " + std::to_string(acts->targets[r]) + " at " +
+                                      fmtPos(row / T, row % T) + " (scored position " + std::to_string(r) +
+                                      ") is not among its allowed tokens");
+        }
+      }
+    }
+    acts->temperature = args.temperature;
+    forward(batch, *acts, args.keepActivations);
+    vector<float> hidden = gatherRows(acts->xFinal, acts->scoredRows, H);
+    ScoreOutput out;
+    out.logprobs.resize(S);
+    out.entropy.resize(S);
+    cpu::lm_head_logprobs_forward(out.logprobs.data(), out.entropy.data(), hidden.data(), P(lmHead_),
+                                  acts->targets.data(), acts->hasAllowed ? acts->allowedOffsets.data() : nullptr,
+                                  acts->hasAllowed ? acts->allowedTokens.data() : nullptr, S, H, cfg_.vocabSize,
+                                  args.temperature);
+    if (args.keepActivations) saved_ = std::move(acts);
+    return out;
+  }
+
+  void backward(const float* dLogprobs, int64_t count) override {
+    setThreads();
+    if (!saved_) throw std::runtime_error("backward: no activations kept; call score() with keepActivations: true first");
+    Activations& a = *saved_;
+    const int64_t S = int64_t(a.scoredRows.size());
+    if (count != S)
+      throw std::invalid_argument("backward: dLogprobs has " + std::to_string(count) + " values, the last score() scored " +
+                                  std::to_string(S) + " positions");
+    ensureGradients();
+    const int64_t B = a.batch, T = a.seqLen, N = B * T, H = cfg_.hiddenSize, I = cfg_.intermediateSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim, qDim = nh * hd, kvDim = nkv * hd;
+    const int64_t K = cfg_.convKernel;
+
+    vector<float> dHidden(S * H, 0.0f);
+    vector<float> hidden = gatherRows(a.xFinal, a.scoredRows, H);
+    cpu::lm_head_logprobs_backward(dHidden.data(), G(lmHead_), dLogprobs, hidden.data(), P(lmHead_), a.targets.data(),
+                                   a.hasAllowed ? a.allowedOffsets.data() : nullptr,
+                                   a.hasAllowed ? a.allowedTokens.data() : nullptr, S, H, cfg_.vocabSize, a.temperature);
+    vector<float> dFinal(N * H, 0.0f);
+    for (int64_t r = 0; r < S; r++) cpu::residual_add(dFinal.data() + a.scoredRows[r] * H, dHidden.data() + r * H, H);
+    vector<float> dx(N * H, 0.0f);  // gradient of the residual stream
+    cpu::rmsnorm_backward(dx.data(), G(finalNorm_), dFinal.data(), a.xLast.data(), P(finalNorm_), a.rstdFinal.data(), N, H);
+
+    for (int64_t l = cfg_.numLayers - 1; l >= 0; l--) {
+      const LayerOffsets& lo = layers_[l];
+      LayerActivations& la = a.layers[l];
+      // Feed forward: x_out = x_mid + w2(silu(w1 f) * w3 f), f = ffn_norm(x_mid).
+      vector<float> dAct(N * I, 0.0f), dGate(N * I, 0.0f), dUp(N * I, 0.0f), dFfnIn(N * H, 0.0f);
+      cpu::matmul_backward(dAct.data(), G(lo.w2), dx.data(), la.act.data(), P(lo.w2), N, I, H);
+      cpu::swiglu_backward(dGate.data(), dUp.data(), dAct.data(), la.gate.data(), la.up.data(), N * I);
+      cpu::matmul_backward(dFfnIn.data(), G(lo.w1), dGate.data(), la.ffnIn.data(), P(lo.w1), N, H, I);
+      cpu::matmul_backward(dFfnIn.data(), G(lo.w3), dUp.data(), la.ffnIn.data(), P(lo.w3), N, H, I);
+      cpu::rmsnorm_backward(dx.data(), G(lo.ffnNorm), dFfnIn.data(), la.xMid.data(), P(lo.ffnNorm), la.rstdFfn.data(), N, H);
+      // Operator: x_mid = x_in + op(operator_norm(x_in)).
+      vector<float> dNormed(N * H, 0.0f);
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        vector<float> dY(N * H, 0.0f), dBcx(N * 3 * H, 0.0f), dConv(N * H, 0.0f), dBx(N * H, 0.0f);
+        cpu::matmul_backward(dY.data(), G(lo.outProj), dx.data(), la.y.data(), P(lo.outProj), N, H, H);
+        cpu::conv_gate_out_backward(dBcx.data(), dConv.data(), dY.data(), la.bcx.data(), la.conv.data(), N, H);
+        cpu::causal_conv_backward(dBx.data(), G(lo.convWeight), dConv.data(), la.bx.data(), P(lo.convWeight), B, T, H, K);
+        cpu::conv_gate_in_backward(dBcx.data(), dBx.data(), la.bcx.data(), N, H);
+        cpu::matmul_backward(dNormed.data(), G(lo.inProj), dBcx.data(), la.normed.data(), P(lo.inProj), N, H, 3 * H);
+        cpu::mask_rows(dNormed.data(), a.mask.data(), N, H);
+      } else {
+        vector<float> dAttn(N * qDim, 0.0f), dq(N * qDim, 0.0f), dk(N * kvDim, 0.0f), dv(N * kvDim, 0.0f);
+        vector<float> dqRaw(N * qDim, 0.0f), dkRaw(N * kvDim, 0.0f);
+        cpu::matmul_backward(dAttn.data(), G(lo.o), dx.data(), la.attn.data(), P(lo.o), N, qDim, H);
+        cpu::attention_backward(dq.data(), dk.data(), dv.data(), dAttn.data(), la.attn.data(), la.lse.data(), la.q.data(),
+                                la.k.data(), la.v.data(), a.mask.data(), B, T, nh, nkv, hd);
+        cpu::rope_backward(dq.data(), a.positions.data(), N, nh, hd, cfg_.ropeTheta);
+        cpu::rope_backward(dk.data(), a.positions.data(), N, nkv, hd, cfg_.ropeTheta);
+        cpu::rmsnorm_backward(dqRaw.data(), G(lo.qNorm), dq.data(), la.qRaw.data(), P(lo.qNorm), la.rstdQ.data(), N * nh, hd);
+        cpu::rmsnorm_backward(dkRaw.data(), G(lo.kNorm), dk.data(), la.kRaw.data(), P(lo.kNorm), la.rstdK.data(), N * nkv, hd);
+        cpu::matmul_backward(dNormed.data(), G(lo.q), dqRaw.data(), la.normed.data(), P(lo.q), N, H, qDim);
+        cpu::matmul_backward(dNormed.data(), G(lo.k), dkRaw.data(), la.normed.data(), P(lo.k), N, H, kvDim);
+        cpu::matmul_backward(dNormed.data(), G(lo.v), dv.data(), la.normed.data(), P(lo.v), N, H, kvDim);
+      }
+      cpu::rmsnorm_backward(dx.data(), G(lo.operatorNorm), dNormed.data(), la.xIn.data(), P(lo.operatorNorm),
+                            la.rstdOp.data(), N, H);
+    }
+    cpu::embedding_backward(G(embedding_), dx.data(), a.tokens.data(), N, H);
+  }
+
+  void zeroGrad() override {
+    if (grads_.empty()) grads_.assign(params_.size(), 0.0f);
+    else std::fill(grads_.begin(), grads_.end(), 0.0f);
+  }
+
+  double gradNorm() override {
+    setThreads();
+    if (grads_.empty()) return 0.0;
+    return std::sqrt(cpu::sum_squares(grads_.data(), int64_t(grads_.size())));
+  }
+
+  void adamwStep(const AdamWArgs& args) override {
+    setThreads();
+    if (args.step < 1) throw std::invalid_argument("adamwStep: step must be >= 1 (it is 1-based), got " + std::to_string(args.step));
+    if (!(args.beta1 >= 0 && args.beta1 < 1) || !(args.beta2 >= 0 && args.beta2 < 1))
+      throw std::invalid_argument("adamwStep: beta1 and beta2 must be in [0, 1)");
+    if (!(args.eps > 0)) throw std::invalid_argument("adamwStep: eps must be > 0");
+    ensureGradients();
+    ensureOptimizerState();
+    cpu::adamw_step(params_.data(), grads_.data(), adamM_.data(), adamV_.data(), int64_t(params_.size()), args.lr,
+                    args.beta1, args.beta2, args.eps, args.weightDecay, args.step, args.gradScale);
+  }
+
+  std::vector<GenerateOutput> generate(const GenerateArgs& args) override;
+
+ private:
+  // ---- parameter table --------------------------------------------------------------------------------------
+  static bool isNormWeight(const std::string& name) {
+    auto endsWith = [&](const char* suffix) {
+      size_t n = std::strlen(suffix);
+      return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
+    };
+    return endsWith("norm.weight");  // operator_norm, ffn_norm, embedding_norm, q_layernorm, k_layernorm
+  }
+
+  int64_t offsetOf(const std::string& name) const { return offsets_[index_.at(name)]; }
+
+  size_t lookup(const char* method, const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end())
+      throw std::invalid_argument(std::string(method) + "(" + name + "): unknown parameter name (this model has " +
+                                  std::to_string(table_.size()) + " parameters, e.g. " + table_[0].name + ")");
+    return it->second;
+  }
+
+  static void checkShape(const char* method, const std::string& name, const vector<int64_t>& expected,
+                         const vector<int64_t>& got) {
+    if (expected != got)
+      throw std::invalid_argument(std::string(method) + "(" + name + "): expected shape " + shapeToString(expected) +
+                                  ", got " + shapeToString(got));
+  }
+
+  Tensor arenaTensor(const vector<float>& arena, size_t i) const {
+    if (arena.empty()) {
+      vector<float> zeros(numels_[i], 0.0f);
+      return Tensor::fromFloat32(zeros.data(), zeros.size(), table_[i].shape, DType::F32, Device::CPU);
+    }
+    return Tensor::fromFloat32(arena.data() + offsets_[i], numels_[i], table_[i].shape, DType::F32, Device::CPU);
+  }
+
+  void ensureGradients() {
+    if (grads_.empty()) grads_.assign(params_.size(), 0.0f);
+  }
+  void ensureOptimizerState() {
+    if (adamM_.empty()) adamM_.assign(params_.size(), 0.0f);
+    if (adamV_.empty()) adamV_.assign(params_.size(), 0.0f);
+  }
+
+  float* P(int64_t offset) { return params_.data() + offset; }
+  float* G(int64_t offset) { return grads_.data() + offset; }
+
+  void setThreads() { omp_set_num_threads(threads_ > 0 ? threads_ : omp_get_num_procs()); }
+
+  void validateBatch(const char* method, const TokenBatchView& batch) const {
+    if (batch.batch <= 0 || batch.seqLen <= 0)
+      throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
+    for (int64_t i = 0; i < batch.batch * batch.seqLen; i++) {
+      int32_t tok = batch.tokens[i];
+      if (tok < 0 || tok >= cfg_.vocabSize)
+        throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
+                                    fmtPos(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
+                                    std::to_string(cfg_.vocabSize) + ")");
+    }
+  }
+
+  static vector<float> gatherRows(const vector<float>& x, const vector<int64_t>& rows, int64_t dim) {
+    vector<float> out(rows.size() * dim);
+    for (size_t r = 0; r < rows.size(); r++) std::memcpy(out.data() + r * dim, x.data() + rows[r] * dim, dim * sizeof(float));
+    return out;
+  }
+
+  // ---- forward ----------------------------------------------------------------------------------------------
+  // Runs the model over a left-padded batch. keepAll keeps every layer's activations for backward; otherwise
+  // each layer's are freed once it is done, except what decoding caches need (conv inputs bx, attention k and v).
+  void forward(const TokenBatchView& batch, Activations& a, bool keepAll) {
+    const int64_t B = batch.batch, T = batch.seqLen, N = B * T, H = cfg_.hiddenSize, I = cfg_.intermediateSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim, qDim = nh * hd, kvDim = nkv * hd;
+    a.batch = B;
+    a.seqLen = T;
+    a.tokens.assign(batch.tokens, batch.tokens + N);
+    a.mask.assign(batch.mask, batch.mask + N);
+    a.positions.resize(N);
+    cpu::positions_from_mask(a.positions.data(), a.mask.data(), B, T);
+    a.layers.assign(cfg_.numLayers, LayerActivations());
+
+    vector<float> x(N * H), delta(N * H);
+    cpu::embedding_forward(x.data(), a.tokens.data(), P(embedding_), N, H);
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      const LayerOffsets& lo = layers_[l];
+      LayerActivations& la = a.layers[l];
+      la.xIn = x;
+      la.rstdOp.resize(N);
+      la.normed.resize(N * H);
+      cpu::rmsnorm_forward(la.normed.data(), la.rstdOp.data(), x.data(), P(lo.operatorNorm), N, H, cfg_.normEps);
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        cpu::mask_rows(la.normed.data(), a.mask.data(), N, H);
+        la.bcx.resize(N * 3 * H);
+        la.bx.resize(N * H);
+        la.conv.resize(N * H);
+        la.y.resize(N * H);
+        cpu::matmul_forward(la.bcx.data(), la.normed.data(), P(lo.inProj), N, H, 3 * H);
+        cpu::conv_gate_in_forward(la.bx.data(), la.bcx.data(), N, H);
+        cpu::causal_conv_forward(la.conv.data(), la.bx.data(), P(lo.convWeight), B, T, H, cfg_.convKernel);
+        cpu::conv_gate_out_forward(la.y.data(), la.bcx.data(), la.conv.data(), N, H);
+        cpu::matmul_forward(delta.data(), la.y.data(), P(lo.outProj), N, H, H);
+      } else {
+        la.qRaw.resize(N * qDim);
+        la.kRaw.resize(N * kvDim);
+        la.v.resize(N * kvDim);
+        la.q.resize(N * qDim);
+        la.k.resize(N * kvDim);
+        la.rstdQ.resize(N * nh);
+        la.rstdK.resize(N * nkv);
+        la.attn.resize(N * qDim);
+        la.lse.resize(B * nh * T);
+        cpu::matmul_forward(la.qRaw.data(), la.normed.data(), P(lo.q), N, H, qDim);
+        cpu::matmul_forward(la.kRaw.data(), la.normed.data(), P(lo.k), N, H, kvDim);
+        cpu::matmul_forward(la.v.data(), la.normed.data(), P(lo.v), N, H, kvDim);
+        cpu::rmsnorm_forward(la.q.data(), la.rstdQ.data(), la.qRaw.data(), P(lo.qNorm), N * nh, hd, cfg_.normEps);
+        cpu::rmsnorm_forward(la.k.data(), la.rstdK.data(), la.kRaw.data(), P(lo.kNorm), N * nkv, hd, cfg_.normEps);
+        cpu::rope_forward(la.q.data(), a.positions.data(), N, nh, hd, cfg_.ropeTheta);
+        cpu::rope_forward(la.k.data(), a.positions.data(), N, nkv, hd, cfg_.ropeTheta);
+        cpu::attention_forward(la.attn.data(), la.lse.data(), la.q.data(), la.k.data(), la.v.data(), a.mask.data(), B, T,
+                               nh, nkv, hd);
+        cpu::matmul_forward(delta.data(), la.attn.data(), P(lo.o), N, qDim, H);
+      }
+      cpu::residual_add(x.data(), delta.data(), N * H);
+      la.xMid = x;
+      la.rstdFfn.resize(N);
+      la.ffnIn.resize(N * H);
+      la.gate.resize(N * I);
+      la.up.resize(N * I);
+      la.act.resize(N * I);
+      cpu::rmsnorm_forward(la.ffnIn.data(), la.rstdFfn.data(), x.data(), P(lo.ffnNorm), N, H, cfg_.normEps);
+      cpu::matmul_forward(la.gate.data(), la.ffnIn.data(), P(lo.w1), N, H, I);
+      cpu::matmul_forward(la.up.data(), la.ffnIn.data(), P(lo.w3), N, H, I);
+      cpu::swiglu_forward(la.act.data(), la.gate.data(), la.up.data(), N * I);
+      cpu::matmul_forward(delta.data(), la.act.data(), P(lo.w2), N, I, H);
+      cpu::residual_add(x.data(), delta.data(), N * H);
+      if (!keepAll) releaseForInference(la);
+    }
+    a.xLast = x;
+    a.rstdFinal.resize(N);
+    a.xFinal.resize(N * H);
+    cpu::rmsnorm_forward(a.xFinal.data(), a.rstdFinal.data(), x.data(), P(finalNorm_), N, H, cfg_.normEps);
+  }
+
+  static void releaseForInference(LayerActivations& la) {
+    for (vector<float>* buffer : {&la.xIn, &la.rstdOp, &la.normed, &la.bcx, &la.conv, &la.y, &la.qRaw, &la.kRaw,
+                                  &la.rstdQ, &la.rstdK, &la.q, &la.attn, &la.lse, &la.xMid, &la.rstdFfn, &la.ffnIn,
+                                  &la.gate, &la.up, &la.act})
+      vector<float>().swap(*buffer);
+  }
+
+  // One decoding step for the given sequences: feeds each its last token and leaves next-token logits.
+  void decodeStep(vector<SequenceState*>& seqs);
+  void validateGenerate(const GenerateArgs& args) const;
+
+  ModelConfig cfg_;
+  int threads_;
+  vector<ParameterInfo> table_;
+  std::unordered_map<std::string, size_t> index_;
+  vector<int64_t> offsets_, numels_;
+  vector<float> params_, grads_, adamM_, adamV_;
+  int64_t embedding_ = 0, finalNorm_ = 0, lmHead_ = 0;
+  vector<LayerOffsets> layers_;
+  std::unique_ptr<Activations> saved_;
+};
+
+// ---- generation ---------------------------------------------------------------------------------------------
+
+void CpuEngine::validateGenerate(const GenerateArgs& args) const {
+  const int64_t V = cfg_.vocabSize;
+  if (args.prompts.empty()) throw std::invalid_argument("generate: prompts is empty");
+  for (size_t p = 0; p < args.prompts.size(); p++) {
+    if (args.prompts[p].empty()) throw std::invalid_argument("generate: prompt " + std::to_string(p) + " is empty");
+    for (int32_t tok : args.prompts[p])
+      if (tok < 0 || tok >= V)
+        throw std::invalid_argument("generate: prompt " + std::to_string(p) + " has token " + std::to_string(tok) +
+                                    " outside the vocabulary (size " + std::to_string(V) + ")");
+  }
+  for (size_t s = 0; s < args.sequencePrompt.size(); s++) {
+    int32_t p = args.sequencePrompt[s];
+    if (p < 0 || size_t(p) >= args.prompts.size())
+      throw std::invalid_argument("generate: sequencePrompt[" + std::to_string(s) + "] = " + std::to_string(p) +
+                                  " but there are " + std::to_string(args.prompts.size()) + " prompts");
+  }
+  if (args.maxNewTokens < 0) throw std::invalid_argument("generate: maxNewTokens must be >= 0");
+  if (!args.constraints.empty() && args.constraints.size() != args.sequencePrompt.size())
+    throw std::invalid_argument("generate: constraints has " + std::to_string(args.constraints.size()) +
+                                " entries for " + std::to_string(args.sequencePrompt.size()) + " sequences");
+  const SamplingArgs& s = args.sampling;
+  if (!s.greedy && !(s.temperature > 0)) throw std::invalid_argument("generate: sampling.temperature must be > 0");
+  if (s.topK < 0) throw std::invalid_argument("generate: sampling.topK must be >= 0");
+  if (!(s.topP > 0 && s.topP <= 1)) throw std::invalid_argument("generate: sampling.topP must be in (0, 1]");
+  if (!(s.minP >= 0 && s.minP <= 1)) throw std::invalid_argument("generate: sampling.minP must be in [0, 1]");
+  if (!(s.repetitionPenalty > 0)) throw std::invalid_argument("generate: sampling.repetitionPenalty must be > 0");
+  for (size_t i = 0; i < args.constraints.size(); i++) {
+    const TokenTrieView* trie = args.constraints[i].get();
+    if (!trie) continue;
+    const std::string where = "generate: constraints[" + std::to_string(i) + "]: ";
+    if (trie->childOffsets.empty() || trie->childOffsets[0] != 0)
+      throw std::invalid_argument(where + "childOffsets must start with 0");
+    const int64_t nodes = trie->nodes();
+    for (int64_t n = 0; n < nodes; n++)
+      if (trie->childOffsets[n + 1] < trie->childOffsets[n])
+        throw std::invalid_argument(where + "childOffsets must be non-decreasing");
+    if (int64_t(trie->childTokens.size()) != trie->childOffsets[nodes] || trie->childNodes.size() != trie->childTokens.size())
+      throw std::invalid_argument(where + "childTokens and childNodes must have childOffsets[last] entries");
+    for (size_t e = 0; e < trie->childTokens.size(); e++) {
+      if (trie->childTokens[e] < 0 || trie->childTokens[e] >= V)
+        throw std::invalid_argument(where + "edge token " + std::to_string(trie->childTokens[e]) + " is outside the vocabulary");
+      if (trie->childNodes[e] < 0 || trie->childNodes[e] >= nodes)
+        throw std::invalid_argument(where + "edge target node " + std::to_string(trie->childNodes[e]) + " does not exist");
+    }
+  }
+}
+
+std::vector<GenerateOutput> CpuEngine::generate(const GenerateArgs& args) {
+  setThreads();
+  validateGenerate(args);
+  const int64_t H = cfg_.hiddenSize, V = cfg_.vocabSize, K = cfg_.convKernel;
+  const int64_t nSeq = int64_t(args.sequencePrompt.size());
+  vector<SequenceState> seqs(nSeq);
+  if (nSeq == 0) return {};
+
+  // Prefill each distinct prompt that some sequence uses, once, then fork its state to those sequences.
+  vector<bool> used(args.prompts.size(), false);
+  for (int32_t p : args.sequencePrompt) used[p] = true;
+  for (size_t p = 0; p < args.prompts.size(); p++) {
+    if (!used[p]) continue;
+    const vector<int32_t>& prompt = args.prompts[p];
+    const int64_t T = int64_t(prompt.size());
+    vector<uint8_t> mask(T, 1);
+    TokenBatchView view{prompt.data(), mask.data(), 1, T};
+    Activations acts;
+    forward(view, acts, false);
+    SequenceState base;
+    base.prompt = int32_t(p);
+    base.length = T;
+    base.convState.resize(cfg_.numLayers);
+    base.kCache.resize(cfg_.numLayers);
+    base.vCache.resize(cfg_.numLayers);
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      LayerActivations& la = acts.layers[l];
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        // The last K-1 inputs of the conv (zeros before the prompt's start).
+        vector<float>& state = base.convState[l];
+        state.assign((K - 1) * H, 0.0f);
+        for (int64_t j = 0; j < K - 1; j++) {
+          int64_t t = T - (K - 1) + j;
+          if (t >= 0) std::memcpy(state.data() + j * H, la.bx.data() + t * H, H * sizeof(float));
+        }
+      } else {
+        base.kCache[l] = std::move(la.k);
+        base.vCache[l] = std::move(la.v);
+      }
+    }
+    base.logits.resize(V);
+    cpu::matmul_forward(base.logits.data(), acts.xFinal.data() + (T - 1) * H, P(lmHead_), 1, H, V);
+    base.seen.assign(V, 0);
+    for (int32_t tok : prompt) base.seen[tok] = 1;
+    for (int64_t s = 0; s < nSeq; s++)
+      if (args.sequencePrompt[s] == int32_t(p)) seqs[s] = base;
+  }
+
+  cpu::SamplingOptions options;
+  options.temperature = args.sampling.temperature;
+  options.top_k = args.sampling.topK;
+  options.top_p = args.sampling.topP;
+  options.min_p = args.sampling.minP;
+  options.repetition_penalty = args.sampling.repetitionPenalty;
+  options.greedy = args.sampling.greedy;
+  for (int64_t s = 0; s < nSeq; s++) {
+    seqs[s].rng = cpu::rng_seed_for(args.sampling.seed, uint64_t(s));
+    if (args.maxNewTokens == 0) {
+      seqs[s].done = true;
+      seqs[s].output.finishReason = FinishReason::Length;
+    }
+  }
+  auto trieOf = [&](int64_t s) -> const TokenTrieView* {
+    return args.constraints.empty() ? nullptr : args.constraints[s].get();
+  };
+
+  while (true) {
+    // Sample the next token of every active sequence from its logits.
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t s = 0; s < nSeq; s++) {
+      SequenceState& st = seqs[s];
+      if (st.done) continue;
+      const TokenTrieView* trie = trieOf(s);
+      const int32_t* allowed = nullptr;
+      int64_t nAllowed = 0;
+      if (trie) {
+        allowed = trie->childTokens.data() + trie->childOffsets[st.node];
+        nAllowed = trie->childOffsets[st.node + 1] - trie->childOffsets[st.node];
+        if (nAllowed == 0) {  // only when the root itself has no children
+          st.done = true;
+          st.output.finishReason = FinishReason::Constraint;
+          continue;
+        }
+      }
+      if (!std::all_of(st.logits.begin(), st.logits.end(), [](float z) { return std::isfinite(z); })) {
+        st.failed = true;  // reported after the parallel loop: exceptions must not leave an OpenMP region
+        st.done = true;
+        continue;
+      }
+      float logprob = 0;
+      int32_t tok = cpu::sample_token(st.logits.data(), V, allowed, nAllowed, st.seen.data(), options, st.rng, &logprob);
+      st.output.tokens.push_back(tok);
+      st.output.logprobs.push_back(logprob);
+      st.seen[tok] = 1;
+      if (std::find(args.stopTokens.begin(), args.stopTokens.end(), tok) != args.stopTokens.end()) {
+        st.done = true;
+        st.output.finishReason = FinishReason::Stop;
+      } else if (trie) {
+        const int32_t begin = trie->childOffsets[st.node], end = trie->childOffsets[st.node + 1];
+        for (int32_t e = begin; e < end; e++)
+          if (trie->childTokens[e] == tok) {
+            st.node = trie->childNodes[e];
+            break;
+          }
+        if (trie->childOffsets[st.node + 1] == trie->childOffsets[st.node]) {
+          st.done = true;
+          st.output.finishReason = FinishReason::Constraint;
+        }
+      }
+      if (!st.done && int64_t(st.output.tokens.size()) >= args.maxNewTokens) {
+        st.done = true;
+        st.output.finishReason = FinishReason::Length;
+      }
+    }
+    for (int64_t s = 0; s < nSeq; s++)
+      if (seqs[s].failed)
+        throw std::runtime_error("generate: the model produced non-finite logits for sequence " + std::to_string(s) +
+                                 " after " + std::to_string(seqs[s].output.tokens.size()) +
+                                 " tokens (diverged or unset weights?)");
+    vector<SequenceState*> active;
+    for (SequenceState& st : seqs)
+      if (!st.done) active.push_back(&st);
+    if (active.empty()) break;
+    decodeStep(active);
+  }
+
+  vector<GenerateOutput> results;
+  results.reserve(nSeq);
+  for (SequenceState& st : seqs) results.push_back(std::move(st.output));
+  return results;
+}
+
+void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
+  const int64_t n = int64_t(seqs.size()), H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
+  const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim, qDim = nh * hd, kvDim = nkv * hd;
+  const int64_t K = cfg_.convKernel;
+  vector<int32_t> tokens(n), positions(n);
+  for (int64_t i = 0; i < n; i++) {
+    tokens[i] = seqs[i]->output.tokens.back();
+    positions[i] = int32_t(seqs[i]->length);  // every cached token is real, so this is its RoPE position
+  }
+  vector<float> x(n * H), normed(n * H), delta(n * H);
+  cpu::embedding_forward(x.data(), tokens.data(), P(embedding_), n, H);
+  for (int64_t l = 0; l < cfg_.numLayers; l++) {
+    const LayerOffsets& lo = layers_[l];
+    cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(lo.operatorNorm), n, H, cfg_.normEps);
+    if (cfg_.layerTypes[l] == LayerKind::Conv) {
+      vector<float> bcx(n * 3 * H), bx(n * H), conv(n * H), y(n * H);
+      cpu::matmul_forward(bcx.data(), normed.data(), P(lo.inProj), n, H, 3 * H);
+      cpu::conv_gate_in_forward(bx.data(), bcx.data(), n, H);
+#pragma omp parallel for
+      for (int64_t i = 0; i < n; i++)
+        cpu::causal_conv_step(conv.data() + i * H, seqs[i]->convState[l].data(), bx.data() + i * H, P(lo.convWeight), H, K);
+      cpu::conv_gate_out_forward(y.data(), bcx.data(), conv.data(), n, H);
+      cpu::matmul_forward(delta.data(), y.data(), P(lo.outProj), n, H, H);
+    } else {
+      vector<float> q(n * qDim), k(n * kvDim), v(n * kvDim), attn(n * qDim);
+      cpu::matmul_forward(q.data(), normed.data(), P(lo.q), n, H, qDim);
+      cpu::matmul_forward(k.data(), normed.data(), P(lo.k), n, H, kvDim);
+      cpu::matmul_forward(v.data(), normed.data(), P(lo.v), n, H, kvDim);
+      cpu::rmsnorm_forward(q.data(), nullptr, q.data(), P(lo.qNorm), n * nh, hd, cfg_.normEps);
+      cpu::rmsnorm_forward(k.data(), nullptr, k.data(), P(lo.kNorm), n * nkv, hd, cfg_.normEps);
+      cpu::rope_forward(q.data(), positions.data(), n, nh, hd, cfg_.ropeTheta);
+      cpu::rope_forward(k.data(), positions.data(), n, nkv, hd, cfg_.ropeTheta);
+#pragma omp parallel for schedule(dynamic)
+      for (int64_t i = 0; i < n; i++) {
+        SequenceState& st = *seqs[i];
+        st.kCache[l].insert(st.kCache[l].end(), k.begin() + i * kvDim, k.begin() + (i + 1) * kvDim);
+        st.vCache[l].insert(st.vCache[l].end(), v.begin() + i * kvDim, v.begin() + (i + 1) * kvDim);
+        cpu::attention_decode(attn.data() + i * qDim, q.data() + i * qDim, st.kCache[l].data(), st.vCache[l].data(),
+                              st.length + 1, nh, nkv, hd);
+      }
+      cpu::matmul_forward(delta.data(), attn.data(), P(lo.o), n, qDim, H);
+    }
+    cpu::residual_add(x.data(), delta.data(), n * H);
+    vector<float> ffnIn(n * H), gate(n * I), up(n * I), act(n * I);
+    cpu::rmsnorm_forward(ffnIn.data(), nullptr, x.data(), P(lo.ffnNorm), n, H, cfg_.normEps);
+    cpu::matmul_forward(gate.data(), ffnIn.data(), P(lo.w1), n, H, I);
+    cpu::matmul_forward(up.data(), ffnIn.data(), P(lo.w3), n, H, I);
+    cpu::swiglu_forward(act.data(), gate.data(), up.data(), n * I);
+    cpu::matmul_forward(delta.data(), act.data(), P(lo.w2), n, I, H);
+    cpu::residual_add(x.data(), delta.data(), n * H);
+  }
+  cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(finalNorm_), n, H, cfg_.normEps);
+  vector<float> logits(n * V);
+  cpu::matmul_forward(logits.data(), normed.data(), P(lmHead_), n, H, V);
+  for (int64_t i = 0; i < n; i++) {
+    std::memcpy(seqs[i]->logits.data(), logits.data() + i * V, V * sizeof(float));
+    seqs[i]->length++;
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> createCpuEngine(const ModelConfig& config, int threads) {
+  return std::make_unique<CpuEngine>(config, threads);
+}
+
+}  // namespace webgrpo

@@ -1,0 +1,62 @@
+// Shared helpers for the CUDA kernels: error checking, bf16 conversion, warp/block reductions.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace webgrpo::cuda {
+
+using bf16 = __nv_bfloat16;
+
+[[noreturn]] inline void throwCudaError(cudaError_t err, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA error '") + cudaGetErrorString(err) + "' in " + what + " (" + file +
+                           ":" + std::to_string(line) + ")");
+}
+
+#define WG_CUDA_CHECK(expr)                                                             \
+  do {                                                                                  \
+    cudaError_t wg_err_ = (expr);                                                       \
+    if (wg_err_ != cudaSuccess) ::webgrpo::cuda::throwCudaError(wg_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// After every launch: catches bad launch configurations at once (asynchronous faults show at the next sync).
+#define WG_LAUNCH_CHECK(kernelName) WG_CUDA_CHECK(cudaPeekAtLastError())
+
+inline void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+inline unsigned ceilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+__device__ __forceinline__ float toFloat(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ bf16 toBf16(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Sum over the whole block; every thread gets the result. `scratch` holds at least 32 floats. Ends with a
+// barrier-protected read, so back-to-back calls with the same scratch are safe.
+__device__ __forceinline__ float blockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = lane < warps ? scratch[lane] : 0.f;
+  return warpSum(total);
+}
+
+}  // namespace webgrpo::cuda

@@ -1,0 +1,745 @@
+// The CUDA engine: LFM2 forward (score, forwardLogits), backward and AdamW on one GPU, from the kernels in
+// kernels.h. Parameters live in fp32 master arenas (same layout as the CPU engine: lfm2ParameterTable order)
+// with a bf16 compute copy; gradients and AdamW moments are fp32 arenas of the same layout. Because the table
+// puts w1,w3 and q,k,v next to each other, the fused [w1;w3] and [q;k;v] projections are plain views.
+// Activations live in one device arena that is sized for the largest batch seen and only grows, so a training
+// loop of fixed shapes allocates nothing after its first step. generate() is not implemented here yet.
+// Environment switches: WEBGRPO_CUDA_RECOMPUTE=1 (keep only layer inputs, recompute in backward);
+// WEBGRPO_CUDA_ATTENTION=simt (CUDA-core attention kernels instead of the tensor-core ones).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <unordered_map>
+
+#include "common.cuh"
+#include "cpu/ops.h"
+#include "cuda/engine_cuda.h"
+#include "engine.h"
+#include "kernels.h"
+
+namespace webgrpo {
+namespace {
+
+using cuda::bf16;
+using std::vector;
+
+// ---- small helper kernels -----------------------------------------------------------------------------------
+__global__ void gatherRowsKernel(const bf16* __restrict__ src, const int32_t* __restrict__ rows, bf16* __restrict__ dst,
+                                 int dim) {
+  const int64_t r = blockIdx.x;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[r * dim + i] = src[int64_t(rows[r]) * dim + i];
+}
+
+// dst[rows[r]] = src[r]; dst is zeroed by the caller. Scored rows are distinct, so no two blocks write one row.
+__global__ void scatterRowsKernel(const bf16* __restrict__ src, const int32_t* __restrict__ rows, bf16* __restrict__ dst,
+                                  int dim) {
+  const int64_t r = blockIdx.x;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[int64_t(rows[r]) * dim + i] = src[r * dim + i];
+}
+
+// ---- device memory ------------------------------------------------------------------------------------------
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void allocate(size_t bytes) {
+    release();
+    if (bytes) WG_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+    bytes_ = bytes;
+  }
+  // Keeps the memory when it is already large enough.
+  void ensure(size_t bytes) {
+    if (bytes > bytes_) allocate(bytes);
+  }
+  void release() {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  char* data() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Hands out 256-byte aligned slices of an arena; first a dry run measures the size.
+class Carver {
+ public:
+  explicit Carver(char* base) : base_(base) {}
+  template <typename T>
+  T* take(int64_t count) {
+    offset_ = (offset_ + 255) / 256 * 256;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += size_t(count) * sizeof(T);
+    return p;
+  }
+  size_t used() const { return offset_; }
+
+ private:
+  char* base_;
+  size_t offset_ = 0;
+};
+
+struct LayerOffsets {
+  int64_t operatorNorm = -1, ffnNorm = -1, w1 = -1, w2 = -1, w3 = -1;
+  int64_t convWeight = -1, inProj = -1, outProj = -1;
+  int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
+};
+
+// Pointers into the activation arena for one batch shape.
+struct LayerActs {
+  float* xIn = nullptr;   // residual stream entering the layer (fp32)
+  float* xMid = nullptr;  // after the operator's residual add
+  float *rstdOp = nullptr, *rstdFfn = nullptr;
+  bf16 *normed = nullptr, *ffnIn = nullptr;
+  bf16 *proj = nullptr, *y = nullptr;                                  // conv: [N,3H], [N,H]
+  bf16 *qkv = nullptr, *qk = nullptr, *attn = nullptr;                 // attention: raw qkv, normed+roped q|k, out
+  float *rstdQ = nullptr, *rstdK = nullptr, *lse = nullptr;
+  bf16* gateUp = nullptr;  // [N, 2I]
+};
+
+struct Acts {
+  int64_t batch = 0, seqLen = 0;
+  vector<LayerActs> layers;
+  float *xLast = nullptr, *rstdFinal = nullptr;
+  bf16* xFinal = nullptr;
+  int32_t *tokens = nullptr, *positions = nullptr;
+  uint8_t* mask = nullptr;
+  bf16* delta = nullptr;  // [N, H] branch output before its residual add
+  // Backward scratch.
+  float* dx = nullptr;                       // residual-stream gradient [N,H]
+  bf16 *dxBf16 = nullptr, *dNormed = nullptr;  // [N,H]
+  bf16 *dGateUp = nullptr, *dAct = nullptr, *actScratch = nullptr;
+  bf16 *dProj = nullptr, *dY = nullptr;
+  bf16 *dAttn = nullptr, *dQk = nullptr, *dQkv = nullptr;
+  float* rowDot = nullptr;
+};
+
+std::string fmtPos(int64_t b, int64_t t) {
+  return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")";
+}
+
+bool isNormWeight(const std::string& name) {
+  const std::string suffix = "norm.weight";
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+class CudaEngine final : public Engine {
+ public:
+  CudaEngine(const ModelConfig& config, int threads) : cfg_(config), threads_(threads) {
+    cfg_.validate();
+    cuda::require(cfg_.headDim == 64, "cuda engine: head_dim must be 64 (the attention kernels' size), got " +
+                                          std::to_string(cfg_.headDim));
+    cuda::require(cfg_.convKernel == 3, "cuda engine: conv kernel width must be 3, got " +
+                                            std::to_string(cfg_.convKernel));
+    cuda::require(cfg_.hiddenSize % 8 == 0 && cfg_.intermediateSize % 8 == 0,
+                  "cuda engine: hidden and intermediate sizes must be multiples of 8");
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+      throw std::runtime_error("cuda engine: no CUDA device is visible");
+    table_ = lfm2ParameterTable(cfg_);
+    int64_t offset = 0;
+    for (size_t i = 0; i < table_.size(); i++) {
+      index_[table_[i].name] = i;
+      // Each tensor starts on a 16-element boundary so that bf16 views are 32-byte aligned for the GEMMs.
+      offset = (offset + 15) / 16 * 16;
+      offsets_.push_back(offset);
+      numels_.push_back(shapeNumel(table_[i].shape));
+      offset += numels_.back();
+    }
+    total_ = offset;
+    embedding_ = offsetOf("model.embed_tokens.weight");
+    finalNorm_ = offsetOf("model.embedding_norm.weight");
+    lmHead_ = cfg_.tieEmbeddings ? embedding_ : offsetOf("lm_head.weight");
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      LayerOffsets lo;
+      lo.operatorNorm = offsetOf(p + "operator_norm.weight");
+      lo.ffnNorm = offsetOf(p + "ffn_norm.weight");
+      lo.w1 = offsetOf(p + "feed_forward.w1.weight");
+      lo.w2 = offsetOf(p + "feed_forward.w2.weight");
+      lo.w3 = offsetOf(p + "feed_forward.w3.weight");
+      cuda::require(lo.w3 == lo.w1 + cfg_.intermediateSize * cfg_.hiddenSize,
+                    "cuda engine: w1 and w3 must be adjacent in the parameter table");
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        lo.convWeight = offsetOf(p + "conv.conv.weight");
+        lo.inProj = offsetOf(p + "conv.in_proj.weight");
+        lo.outProj = offsetOf(p + "conv.out_proj.weight");
+      } else {
+        lo.q = offsetOf(p + "self_attn.q_proj.weight");
+        lo.k = offsetOf(p + "self_attn.k_proj.weight");
+        lo.v = offsetOf(p + "self_attn.v_proj.weight");
+        lo.o = offsetOf(p + "self_attn.out_proj.weight");
+        lo.qNorm = offsetOf(p + "self_attn.q_layernorm.weight");
+        lo.kNorm = offsetOf(p + "self_attn.k_layernorm.weight");
+        const int64_t qDim = cfg_.numHeads * cfg_.headDim, kvDim = cfg_.numKvHeads * cfg_.headDim;
+        cuda::require(lo.k == lo.q + qDim * cfg_.hiddenSize && lo.v == lo.k + kvDim * cfg_.hiddenSize,
+                      "cuda engine: q, k, v projections must be adjacent in the parameter table");
+      }
+      layers_.push_back(lo);
+    }
+    // WEBGRPO_CUDA_ATTENTION=simt selects the CUDA-core attention kernels (the checked reference) over the
+    // tensor-core ones.
+    if (const char* choice = std::getenv("WEBGRPO_CUDA_ATTENTION")) simtAttention_ = std::string(choice) == "simt";
+    // WEBGRPO_CUDA_RECOMPUTE=1 keeps only each layer's input for backward and recomputes the rest layer by layer
+    // (about one more forward pass of work for a fraction of the activation memory).
+    if (const char* choice = std::getenv("WEBGRPO_CUDA_RECOMPUTE")) recompute_ = std::string(choice) == "1";
+    WG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<cuda::Gemm>();
+    master_.allocate(total_ * sizeof(float));
+    compute_.allocate(total_ * sizeof(bf16));
+    grads_.allocate(total_ * sizeof(float));
+    adamM_.allocate(total_ * sizeof(float));
+    adamV_.allocate(total_ * sizeof(float));
+    partials_.allocate((cuda::sumSquaresPartialCount() + 1) * sizeof(float));
+    cuda::fillF32(masterPtr(), total_, 0.f, stream_);
+    cuda::fillF32(gradPtr(), total_, 0.f, stream_);
+    cuda::fillF32(momentPtr('m'), total_, 0.f, stream_);
+    cuda::fillF32(momentPtr('v'), total_, 0.f, stream_);
+    // Norm weights start at 1 so a fresh model is usable before initRandom/setParameter (as on the CPU).
+    for (size_t i = 0; i < table_.size(); i++)
+      if (isNormWeight(table_[i].name)) cuda::fillF32(masterPtr() + offsets_[i], numels_[i], 1.f, stream_);
+    refreshComputeCopy();
+    sync();
+  }
+
+  ~CudaEngine() override {
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Device device() const override { return Device::CUDA; }
+  const ModelConfig& config() const override { return cfg_; }
+  std::vector<ParameterInfo> parameterInfo() const override { return table_; }
+
+  void setParameter(const std::string& name, const Tensor& value) override {
+    const size_t i = lookup("setParameter", name);
+    checkShape("setParameter", name, table_[i].shape, value.shape());
+    uploadSlice(masterPtr() + offsets_[i], value.toFloat32());
+    cuda::convertF32ToBf16(masterPtr() + offsets_[i], computePtr() + offsets_[i], numels_[i], stream_);
+    sync();
+  }
+
+  Tensor getParameter(const std::string& name) const override {
+    const size_t i = lookup("getParameter", name);
+    return downloadSlice(master_, i);
+  }
+  Tensor getGradient(const std::string& name) const override {
+    const size_t i = lookup("getGradient", name);
+    return downloadSlice(grads_, i);
+  }
+  Tensor getOptimizerState(const std::string& name, char which) const override {
+    const size_t i = lookup("getOptimizerState", name);
+    return downloadSlice(which == 'm' ? adamM_ : adamV_, i);
+  }
+  void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
+    const size_t i = lookup("setOptimizerState", name);
+    checkShape("setOptimizerState", name, table_[i].shape, value.shape());
+    uploadSlice(momentPtr(which) + offsets_[i], value.toFloat32());
+    sync();
+  }
+
+  // The CPU engine's exact procedure (same RNG streams), so both backends start from identical weights.
+  void initRandom(uint64_t seed, float initializerRange) override {
+    if (!(initializerRange >= 0)) throw std::invalid_argument("initRandom: initializerRange must be >= 0");
+    vector<float> host;
+    for (size_t i = 0; i < table_.size(); i++) {
+      host.assign(numels_[i], 1.0f);
+      if (!isNormWeight(table_[i].name)) {
+        uint64_t rng = cpu::rng_seed_for(seed, i);
+        for (int64_t j = 0; j < numels_[i]; j += 2) {
+          const double u1 = 1.0 - cpu::rng_uniform(rng), u2 = cpu::rng_uniform(rng);
+          const double radius = std::sqrt(-2.0 * std::log(u1)) * initializerRange;
+          host[j] = float(radius * std::cos(2 * M_PI * u2));
+          if (j + 1 < numels_[i]) host[j + 1] = float(radius * std::sin(2 * M_PI * u2));
+        }
+      }
+      if (offsets_[i] == embedding_ && cfg_.padTokenId >= 0 && cfg_.padTokenId < cfg_.vocabSize)
+        std::fill_n(host.begin() + cfg_.padTokenId * cfg_.hiddenSize, cfg_.hiddenSize, 0.0f);
+      uploadSlice(masterPtr() + offsets_[i], host);
+    }
+    refreshComputeCopy();
+    sync();
+  }
+
+  std::vector<float> forwardLogits(const TokenBatchView& batch) override {
+    validateBatch("forwardLogits", batch);
+    prepareBatch(batch, /*withBackward=*/false);
+    forward();
+    const int64_t N = batch.batch * batch.seqLen, H = cfg_.hiddenSize, V = cfg_.vocabSize;
+    DeviceBuffer logits;
+    logits.allocate(size_t(N) * V * sizeof(float));  // tests and small models only, per the contract
+    gemm_->run(false, true, int(N), int(V), int(H), 1.f, acts_.xFinal, H, computePtr() + lmHead_, H, 0.f,
+               logits.data(), cuda::OutType::F32, V, stream_);
+    vector<float> out(size_t(N) * V);
+    WG_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    return out;
+  }
+
+  ScoreOutput score(const ScoreArgs& args) override {
+    const TokenBatchView& batch = args.batch;
+    validateBatch("score", batch);
+    if (!(args.temperature > 0)) throw std::invalid_argument("score: temperature must be > 0");
+    const int64_t T = batch.seqLen, H = cfg_.hiddenSize, V = cfg_.vocabSize;
+    vector<int32_t> scoredRows, targets;
+    for (int64_t b = 0; b < batch.batch; b++)
+      for (int64_t t = 0; t < T; t++) {
+        if (!args.scoreMask[b * T + t]) continue;
+        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + ", which has no token before it");
+        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + fmtPos(b, t));
+        if (!batch.mask[b * T + t - 1])
+          throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + " but the token before it is padding");
+        scoredRows.push_back(int32_t(b * T + t - 1));
+        targets.push_back(batch.tokens[b * T + t]);
+      }
+    const int64_t S = int64_t(scoredRows.size());
+    vector<int32_t> allowedOffsets, allowedTokens;
+    if (args.allowedOffsets) {
+      allowedOffsets.assign(args.allowedOffsets, args.allowedOffsets + S + 1);
+      if (allowedOffsets[0] != 0) throw std::invalid_argument("score: allowed.offsets[0] must be 0");
+      for (int64_t r = 0; r < S; r++)
+        if (allowedOffsets[r + 1] < allowedOffsets[r])
+          throw std::invalid_argument("score: allowed.offsets must be non-decreasing (at " + std::to_string(r + 1) + ")");
+      allowedTokens.assign(args.allowedTokens, args.allowedTokens + allowedOffsets[S]);
+      for (int32_t tok : allowedTokens)
+        if (tok < 0 || tok >= V)
+          throw std::invalid_argument("score: allowed token " + std::to_string(tok) + " is outside the vocabulary");
+      for (int64_t r = 0; r < S; r++) {
+        vector<int32_t> row(allowedTokens.begin() + allowedOffsets[r], allowedTokens.begin() + allowedOffsets[r + 1]);
+        std::sort(row.begin(), row.end());
+        if (std::adjacent_find(row.begin(), row.end()) != row.end())
+          throw std::invalid_argument("score: the allowed tokens of scored position " + std::to_string(r) +
+                                      " contain a repeated id");
+        if (!std::binary_search(row.begin(), row.end(), targets[r])) {
+          const int64_t pos = scoredRows[r] + 1;
+          throw std::invalid_argument("score: token " + std::to_string(targets[r]) + " at " + fmtPos(pos / T, pos % T) +
+                                      " (scored position " + std::to_string(r) + ") is not among its allowed tokens");
+        }
+      }
+    }
+    prepareBatch(batch, args.keepActivations);
+    forward();
+    prepareScoring(scoredRows, targets, allowedOffsets, allowedTokens);
+    temperature_ = args.temperature;
+    ScoreOutput out;
+    out.logprobs.resize(S);
+    out.entropy.resize(S);
+    if (S > 0) {
+      gatherRowsKernel<<<unsigned(S), 256, 0, stream_>>>(acts_.xFinal, score_.rows, score_.hidden, int(H));
+      WG_LAUNCH_CHECK(gatherRowsKernel);
+      cuda::lmHeadLogprobForward(*gemm_, score_.hidden, computePtr() + lmHead_, score_.targets, 1.f / temperature_,
+                                 score_.allowed, score_.logits, score_.chunkRows, score_.logprob, score_.entropy,
+                                 score_.lse, int(S), int(H), int(V), stream_);
+      WG_CUDA_CHECK(cudaMemcpyAsync(out.logprobs.data(), score_.logprob, S * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(out.entropy.data(), score_.entropy, S * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    }
+    sync();
+    haveActivations_ = args.keepActivations;
+    scoredCount_ = S;
+    return out;
+  }
+
+  void backward(const float* dLogprobs, int64_t count) override {
+    if (!haveActivations_)
+      throw std::runtime_error("backward: no activations kept; call score() with keepActivations: true first");
+    if (count != scoredCount_)
+      throw std::invalid_argument("backward: dLogprobs has " + std::to_string(count) +
+                                  " values, the last score() scored " + std::to_string(scoredCount_) + " positions");
+    const int64_t B = acts_.batch, T = acts_.seqLen, N = B * T, H = cfg_.hiddenSize, I = cfg_.intermediateSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim, qkDim = qDim + kvDim;
+    const int64_t S = scoredCount_, V = cfg_.vocabSize;
+    Acts& a = acts_;
+    using cuda::OutType;
+
+    // lm_head + log-softmax, then into the final norm's output rows.
+    cuda::fillBf16(a.dNormed, N * H, 0.f, stream_);
+    if (S > 0) {
+      WG_CUDA_CHECK(cudaMemcpyAsync(score_.dlogprob, dLogprobs, S * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      cuda::lmHeadLogprobBackward(*gemm_, score_.hidden, computePtr() + lmHead_, score_.targets, 1.f / temperature_,
+                                  score_.allowed, score_.lse, score_.dlogprob, score_.logits, score_.dlogits,
+                                  score_.chunkRows, score_.dhidden, gradPtr() + lmHead_, int(S), int(H), int(V), stream_);
+      scatterRowsKernel<<<unsigned(S), 256, 0, stream_>>>(score_.dhidden, score_.rows, a.dNormed, int(H));
+      WG_LAUNCH_CHECK(scatterRowsKernel);
+    }
+    cuda::fillF32(a.dx, N * H, 0.f, stream_);
+    cuda::rmsNormBackward(a.dNormed, a.xLast, computePtr() + finalNorm_, a.rstdFinal, a.dx, gradPtr() + finalNorm_, N,
+                          int(H), stream_);
+
+    for (int64_t l = cfg_.numLayers - 1; l >= 0; l--) {
+      const LayerOffsets& lo = layers_[l];
+      const LayerActs& la = a.layers[l];
+      if (recompute_) layerForward(l, la.xIn, nullptr, /*withFfnOutput=*/false);  // refill the shared buffers
+      // Feed forward: x_out = x_mid + w2(silu(w1 f) * w3 f), f = ffn_norm(x_mid).
+      cuda::convertF32ToBf16(a.dx, a.dxBf16, N * H, stream_);
+      cuda::swigluForward(la.gateUp, a.actScratch, N, int(I), stream_);  // recomputed instead of kept
+      gemm_->run(true, false, int(H), int(I), int(N), 1.f, a.dxBf16, H, a.actScratch, I, 1.f, gradPtr() + lo.w2,
+                 OutType::F32, I, stream_);
+      gemm_->run(false, false, int(N), int(I), int(H), 1.f, a.dxBf16, H, computePtr() + lo.w2, I, 0.f, a.dAct,
+                 OutType::BF16, I, stream_);
+      cuda::swigluBackward(a.dAct, la.gateUp, a.dGateUp, N, int(I), stream_);
+      gemm_->run(true, false, int(2 * I), int(H), int(N), 1.f, a.dGateUp, 2 * I, la.ffnIn, H, 1.f, gradPtr() + lo.w1,
+                 OutType::F32, H, stream_);
+      gemm_->run(false, false, int(N), int(H), int(2 * I), 1.f, a.dGateUp, 2 * I, computePtr() + lo.w1, H, 0.f,
+                 a.dNormed, OutType::BF16, H, stream_);
+      cuda::rmsNormBackward(a.dNormed, la.xMid, computePtr() + lo.ffnNorm, la.rstdFfn, a.dx, gradPtr() + lo.ffnNorm, N,
+                            int(H), stream_);
+      // Operator: x_mid = x_in + op(operator_norm(x_in)).
+      cuda::convertF32ToBf16(a.dx, a.dxBf16, N * H, stream_);
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        gemm_->run(true, false, int(H), int(H), int(N), 1.f, a.dxBf16, H, la.y, H, 1.f, gradPtr() + lo.outProj,
+                   OutType::F32, H, stream_);
+        gemm_->run(false, false, int(N), int(H), int(H), 1.f, a.dxBf16, H, computePtr() + lo.outProj, H, 0.f, a.dY,
+                   OutType::BF16, H, stream_);
+        // dProj is 0 at padded rows, so in_proj's gradients see only real tokens (the CPU masks normed instead).
+        cuda::shortConvBackward(a.dY, la.proj, computePtr() + lo.convWeight, a.mask, a.dProj,
+                                gradPtr() + lo.convWeight, int(B), int(T), int(H), stream_);
+        gemm_->run(true, false, int(3 * H), int(H), int(N), 1.f, a.dProj, 3 * H, la.normed, H, 1.f,
+                   gradPtr() + lo.inProj, OutType::F32, H, stream_);
+        gemm_->run(false, false, int(N), int(H), int(3 * H), 1.f, a.dProj, 3 * H, computePtr() + lo.inProj, H, 0.f,
+                   a.dNormed, OutType::BF16, H, stream_);
+      } else {
+        gemm_->run(true, false, int(H), int(qDim), int(N), 1.f, a.dxBf16, H, la.attn, qDim, 1.f, gradPtr() + lo.o,
+                   OutType::F32, qDim, stream_);
+        gemm_->run(false, false, int(N), int(qDim), int(H), 1.f, a.dxBf16, H, computePtr() + lo.o, qDim, 0.f, a.dAttn,
+                   OutType::BF16, qDim, stream_);
+        const cuda::AttentionShape shape{int(B), int(T), int(nh), int(nkv), int(hd)};
+        // dq, dk (after norm + RoPE) into dQk; dv straight into the raw-projection gradient.
+        (simtAttention_ ? cuda::attentionBackwardSimt : cuda::attentionBackward)(
+            la.qk, qkDim, la.qk + qDim, qkDim, la.qkv + qkDim, qkvDim, a.mask, la.attn, a.dAttn, la.lse, a.dQk, qkDim,
+            a.dQk + qDim, qkDim, a.dQkv + qkDim, qkvDim, a.rowDot, shape, stream_);
+        cuda::headNormRopeBackward(a.dQk, qkDim, la.qkv, qkvDim, computePtr() + lo.qNorm, a.positions, la.rstdQ, a.dQkv,
+                                   qkvDim, gradPtr() + lo.qNorm, N, int(nh), int(hd), cfg_.ropeTheta, stream_);
+        cuda::headNormRopeBackward(a.dQk + qDim, qkDim, la.qkv + qDim, qkvDim, computePtr() + lo.kNorm, a.positions,
+                                   la.rstdK, a.dQkv + qDim, qkvDim, gradPtr() + lo.kNorm, N, int(nkv), int(hd),
+                                   cfg_.ropeTheta, stream_);
+        gemm_->run(true, false, int(qkvDim), int(H), int(N), 1.f, a.dQkv, qkvDim, la.normed, H, 1.f,
+                   gradPtr() + lo.q, OutType::F32, H, stream_);
+        gemm_->run(false, false, int(N), int(H), int(qkvDim), 1.f, a.dQkv, qkvDim, computePtr() + lo.q, H, 0.f,
+                   a.dNormed, OutType::BF16, H, stream_);
+      }
+      cuda::rmsNormBackward(a.dNormed, la.xIn, computePtr() + lo.operatorNorm, la.rstdOp, a.dx,
+                            gradPtr() + lo.operatorNorm, N, int(H), stream_);
+    }
+    cuda::embeddingBackward(a.tokens, a.dx, nullptr, gradPtr() + embedding_, N, int(H), int(V), stream_);
+    sync();
+  }
+
+  void zeroGrad() override {
+    cuda::fillF32(gradPtr(), total_, 0.f, stream_);
+    sync();
+  }
+
+  double gradNorm() override {
+    float* partials = reinterpret_cast<float*>(partials_.data());
+    float* result = partials + cuda::sumSquaresPartialCount();
+    cuda::sumSquares(gradPtr(), total_, partials, result, stream_);
+    float sumSq = 0;
+    WG_CUDA_CHECK(cudaMemcpyAsync(&sumSq, result, sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    return std::sqrt(double(sumSq));
+  }
+
+  void adamwStep(const AdamWArgs& args) override {
+    if (args.step < 1)
+      throw std::invalid_argument("adamwStep: step must be >= 1 (it is 1-based), got " + std::to_string(args.step));
+    if (!(args.beta1 >= 0 && args.beta1 < 1) || !(args.beta2 >= 0 && args.beta2 < 1))
+      throw std::invalid_argument("adamwStep: beta1 and beta2 must be in [0, 1)");
+    if (!(args.eps > 0)) throw std::invalid_argument("adamwStep: eps must be > 0");
+    if (args.step > std::numeric_limits<int>::max()) throw std::invalid_argument("adamwStep: step is too large");
+    const cuda::AdamWHyper hyper{args.lr, args.beta1, args.beta2, args.eps, args.weightDecay, int(args.step),
+                                 args.gradScale};
+    // The padding between tensors (alignment) is zero in every arena, so it stays zero.
+    cuda::adamwStep(masterPtr(), computePtr(), gradPtr(), momentPtr('m'), momentPtr('v'), total_, hyper, stream_);
+    sync();
+  }
+
+  std::vector<GenerateOutput> generate(const GenerateArgs&) override {
+    throw std::runtime_error("generate: not implemented on the CUDA backend yet (use the CPU backend for sampling)");
+  }
+
+ private:
+  // Device state for the scored positions of the last score().
+  struct ScoreState {
+    int32_t *rows = nullptr, *targets = nullptr;
+    cuda::AllowedTokensDevice allowed;
+    bf16 *hidden = nullptr, *dhidden = nullptr, *dlogits = nullptr;
+    float *logits = nullptr, *logprob = nullptr, *entropy = nullptr, *lse = nullptr, *dlogprob = nullptr;
+    int chunkRows = 0;
+  };
+
+  float* masterPtr() const { return reinterpret_cast<float*>(master_.data()); }
+  bf16* computePtr() const { return reinterpret_cast<bf16*>(compute_.data()); }
+  float* gradPtr() const { return reinterpret_cast<float*>(grads_.data()); }
+  float* momentPtr(char which) const {
+    if (which != 'm' && which != 'v') throw std::invalid_argument("optimizer state must be 'm' or 'v'");
+    return reinterpret_cast<float*>((which == 'm' ? adamM_ : adamV_).data());
+  }
+
+  void sync() { WG_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  void refreshComputeCopy() { cuda::convertF32ToBf16(masterPtr(), computePtr(), total_, stream_); }
+
+  void uploadSlice(float* dst, const vector<float>& host) {
+    WG_CUDA_CHECK(cudaMemcpyAsync(dst, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    sync();  // `host` may go out of scope after we return
+  }
+
+  Tensor downloadSlice(const DeviceBuffer& arena, size_t i) const {
+    vector<float> host(numels_[i]);
+    WG_CUDA_CHECK(cudaMemcpyAsync(host.data(), reinterpret_cast<const float*>(arena.data()) + offsets_[i],
+                                  host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    WG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return Tensor::fromFloat32(host.data(), host.size(), table_[i].shape, DType::F32, Device::CPU);
+  }
+
+  int64_t offsetOf(const std::string& name) const { return offsets_[index_.at(name)]; }
+
+  size_t lookup(const char* method, const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end())
+      throw std::invalid_argument(std::string(method) + "(" + name + "): unknown parameter name (this model has " +
+                                  std::to_string(table_.size()) + " parameters, e.g. " + table_[0].name + ")");
+    return it->second;
+  }
+
+  static void checkShape(const char* method, const std::string& name, const vector<int64_t>& expected,
+                         const vector<int64_t>& got) {
+    if (expected != got)
+      throw std::invalid_argument(std::string(method) + "(" + name + "): expected shape " + shapeToString(expected) +
+                                  ", got " + shapeToString(got));
+  }
+
+  void validateBatch(const char* method, const TokenBatchView& batch) const {
+    if (batch.batch <= 0 || batch.seqLen <= 0)
+      throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
+    if (batch.batch * batch.seqLen > std::numeric_limits<int32_t>::max() / 4)
+      throw std::invalid_argument(std::string(method) + ": batch too large");
+    for (int64_t i = 0; i < batch.batch * batch.seqLen; i++) {
+      const int32_t tok = batch.tokens[i];
+      if (tok < 0 || tok >= cfg_.vocabSize)
+        throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
+                                    fmtPos(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
+                                    std::to_string(cfg_.vocabSize) + ")");
+    }
+  }
+
+  // Lays out the activation arena for this batch shape (growing it if needed) and uploads tokens, mask, positions.
+  void prepareBatch(const TokenBatchView& batch, bool withBackward) {
+    const int64_t B = batch.batch, T = batch.seqLen, N = B * T, H = cfg_.hiddenSize, I = cfg_.intermediateSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim;
+    auto layout = [&](char* base) {
+      Carver c(base);
+      Acts a;
+      a.batch = B;
+      a.seqLen = T;
+      a.tokens = c.take<int32_t>(N);
+      a.positions = c.take<int32_t>(N);
+      a.mask = c.take<uint8_t>(N);
+      a.delta = c.take<bf16>(N * H);
+      a.layers.resize(cfg_.numLayers);
+      // Each layer keeps all its activations for backward, unless there is no backward or activations are
+      // recomputed: then the layers share one set of buffers (forward alternates between the shared xIn and
+      // xMid) and, with recomputation, each layer keeps only its own xIn to restart from.
+      const bool keepAll = withBackward && !recompute_;
+      LayerActs shared;
+      for (int64_t l = 0; l < cfg_.numLayers; l++) {
+        LayerActs& la = a.layers[l];
+        if (!keepAll && l > 0) {
+          la = shared;
+          if (withBackward) la.xIn = c.take<float>(N * H);
+          continue;
+        }
+        la.xIn = c.take<float>(N * H);
+        la.xMid = c.take<float>(N * H);
+        la.rstdOp = c.take<float>(N);
+        la.rstdFfn = c.take<float>(N);
+        la.normed = c.take<bf16>(N * H);
+        la.ffnIn = c.take<bf16>(N * H);
+        la.gateUp = c.take<bf16>(N * 2 * I);
+        const bool conv = cfg_.layerTypes[l] == LayerKind::Conv;
+        if (conv || !keepAll) {
+          la.proj = c.take<bf16>(N * 3 * H);
+          la.y = c.take<bf16>(N * H);
+        }
+        if (!conv || !keepAll) {
+          la.qkv = c.take<bf16>(N * qkvDim);
+          la.qk = c.take<bf16>(N * (qDim + kvDim));
+          la.attn = c.take<bf16>(N * qDim);
+          la.rstdQ = c.take<float>(N * nh);
+          la.rstdK = c.take<float>(N * nkv);
+          la.lse = c.take<float>(B * nh * T);
+        }
+        if (!keepAll) {
+          shared = la;
+          if (withBackward) la.xIn = c.take<float>(N * H);  // layer 0's own restart point
+        }
+      }
+      a.xLast = c.take<float>(N * H);
+      a.rstdFinal = c.take<float>(N);
+      a.xFinal = c.take<bf16>(N * H);
+      a.actScratch = c.take<bf16>(N * I);  // SwiGLU output: used at once in forward, recomputed in backward
+      if (withBackward) {
+        a.dx = c.take<float>(N * H);
+        a.dxBf16 = c.take<bf16>(N * H);
+        a.dNormed = c.take<bf16>(N * H);
+        a.dGateUp = c.take<bf16>(N * 2 * I);
+        a.dAct = c.take<bf16>(N * I);
+        a.dProj = c.take<bf16>(N * 3 * H);
+        a.dY = c.take<bf16>(N * H);
+        a.dAttn = c.take<bf16>(N * qDim);
+        a.dQk = c.take<bf16>(N * (qDim + kvDim));
+        a.dQkv = c.take<bf16>(N * qkvDim);
+        a.rowDot = c.take<float>(B * nh * T);
+      }
+      return std::make_pair(a, c.used());
+    };
+    const size_t needed = layout(nullptr).second;
+    activations_.ensure(needed);
+    acts_ = layout(activations_.data()).first;
+    haveActivations_ = false;
+    vector<int32_t> positions(N);
+    cpu::positions_from_mask(positions.data(), batch.mask, B, T);
+    WG_CUDA_CHECK(cudaMemcpyAsync(acts_.tokens, batch.tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    WG_CUDA_CHECK(cudaMemcpyAsync(acts_.mask, batch.mask, N * sizeof(uint8_t), cudaMemcpyHostToDevice, stream_));
+    WG_CUDA_CHECK(cudaMemcpyAsync(acts_.positions, positions.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    sync();  // positions is a local
+  }
+
+  void prepareScoring(const vector<int32_t>& rows, const vector<int32_t>& targets, const vector<int32_t>& allowedOffsets,
+                      const vector<int32_t>& allowedTokens) {
+    const int64_t S = int64_t(rows.size()), H = cfg_.hiddenSize, V = cfg_.vocabSize;
+    const int chunkRows = int(std::max<int64_t>(1, std::min<int64_t>(S, kLogitChunkRows)));
+    auto layout = [&](char* base) {
+      Carver c(base);
+      ScoreState s;
+      s.chunkRows = chunkRows;
+      s.rows = c.take<int32_t>(S);
+      s.targets = c.take<int32_t>(S);
+      int32_t* offsets = c.take<int32_t>(int64_t(allowedOffsets.size()));
+      int32_t* tokens = c.take<int32_t>(int64_t(allowedTokens.size()));
+      if (!allowedOffsets.empty()) s.allowed = {offsets, tokens};
+      s.hidden = c.take<bf16>(S * H);
+      s.dhidden = c.take<bf16>(S * H);
+      s.logits = c.take<float>(int64_t(chunkRows) * V);
+      s.dlogits = c.take<bf16>(int64_t(chunkRows) * V);
+      s.logprob = c.take<float>(S);
+      s.entropy = c.take<float>(S);
+      s.lse = c.take<float>(S);
+      s.dlogprob = c.take<float>(S);
+      return std::make_pair(s, c.used());
+    };
+    scoreArena_.ensure(layout(nullptr).second);
+    score_ = layout(scoreArena_.data()).first;
+    auto put = [&](const int32_t* dst, const vector<int32_t>& src) {
+      if (!src.empty())
+        WG_CUDA_CHECK(cudaMemcpyAsync(const_cast<int32_t*>(dst), src.data(), src.size() * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, stream_));
+    };
+    put(score_.rows, rows);
+    put(score_.targets, targets);
+    put(score_.allowed.offsets, allowedOffsets);
+    put(score_.allowed.tokens, allowedTokens);
+    sync();  // the vectors are the caller's locals
+  }
+
+  void forward() {
+    Acts& a = acts_;
+    const int64_t N = a.batch * a.seqLen, H = cfg_.hiddenSize;
+    // Residual stream: x_in(0) = embedding; each layer reads the previous layer's xMid plus its FFN output.
+    float* x = a.layers[0].xIn;
+    cuda::embeddingForward(a.tokens, computePtr() + embedding_, x, N, int(H), int(cfg_.vocabSize), stream_);
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      layerForward(l, x, l == 0 ? nullptr : a.delta, /*withFfnOutput=*/true);
+      x = a.layers[l].xMid;
+    }
+    cuda::residualRmsNormForward(x, a.delta, a.xLast, computePtr() + finalNorm_, a.xFinal, a.rstdFinal, N, int(H),
+                                 cfg_.normEps, stream_);
+  }
+
+  // One layer from x (+ pendingAdd, the previous layer's FFN output, fused into the first norm): fills the layer's
+  // activations up to gateUp; withFfnOutput also leaves the layer's FFN output in acts_.delta. Backward with
+  // recomputation calls it again from the saved xIn (x == xIn, no add) to refill the shared buffers.
+  void layerForward(int64_t l, const float* x, const bf16* pendingAdd, bool withFfnOutput) {
+    Acts& a = acts_;
+    const int64_t B = a.batch, T = a.seqLen, N = B * T, H = cfg_.hiddenSize, I = cfg_.intermediateSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim, qkDim = qDim + kvDim;
+    const float eps = cfg_.normEps;
+    using cuda::OutType;
+    const LayerOffsets& lo = layers_[l];
+    const LayerActs& la = a.layers[l];
+    cuda::residualRmsNormForward(x, pendingAdd, la.xIn, computePtr() + lo.operatorNorm, la.normed, la.rstdOp, N,
+                                 int(H), eps, stream_);
+    if (cfg_.layerTypes[l] == LayerKind::Conv) {
+      gemm_->run(false, true, int(N), int(3 * H), int(H), 1.f, la.normed, H, computePtr() + lo.inProj, H, 0.f, la.proj,
+                 OutType::BF16, 3 * H, stream_);
+      cuda::shortConvForward(la.proj, computePtr() + lo.convWeight, a.mask, la.y, int(B), int(T), int(H), stream_);
+      gemm_->run(false, true, int(N), int(H), int(H), 1.f, la.y, H, computePtr() + lo.outProj, H, 0.f, a.delta,
+                 OutType::BF16, H, stream_);
+    } else {
+      gemm_->run(false, true, int(N), int(qkvDim), int(H), 1.f, la.normed, H, computePtr() + lo.q, H, 0.f, la.qkv,
+                 OutType::BF16, qkvDim, stream_);
+      cuda::headNormRopeForward(la.qkv, qkvDim, la.qk, qkDim, computePtr() + lo.qNorm, a.positions, la.rstdQ, N,
+                                int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
+      cuda::headNormRopeForward(la.qkv + qDim, qkvDim, la.qk + qDim, qkDim, computePtr() + lo.kNorm, a.positions,
+                                la.rstdK, N, int(nkv), int(hd), eps, cfg_.ropeTheta, stream_);
+      const cuda::AttentionShape shape{int(B), int(T), int(nh), int(nkv), int(hd)};
+      (simtAttention_ ? cuda::attentionForwardSimt : cuda::attentionForward)(
+          la.qk, qkDim, la.qk + qDim, qkDim, la.qkv + qkDim, qkvDim, a.mask, la.attn, la.lse, shape, stream_);
+      gemm_->run(false, true, int(N), int(H), int(qDim), 1.f, la.attn, qDim, computePtr() + lo.o, qDim, 0.f, a.delta,
+                 OutType::BF16, H, stream_);
+    }
+    cuda::residualRmsNormForward(la.xIn, a.delta, la.xMid, computePtr() + lo.ffnNorm, la.ffnIn, la.rstdFfn, N, int(H),
+                                 eps, stream_);
+    gemm_->run(false, true, int(N), int(2 * I), int(H), 1.f, la.ffnIn, H, computePtr() + lo.w1, H, 0.f, la.gateUp,
+               OutType::BF16, 2 * I, stream_);
+    if (!withFfnOutput) return;
+    cuda::swigluForward(la.gateUp, a.actScratch, N, int(I), stream_);
+    gemm_->run(false, true, int(N), int(H), int(I), 1.f, a.actScratch, I, computePtr() + lo.w2, I, 0.f, a.delta,
+               OutType::BF16, H, stream_);
+  }
+
+  static constexpr int64_t kLogitChunkRows = 2048;  // [2048 x 65536] fp32 logits = 512 MiB at a time
+
+  ModelConfig cfg_;
+  int threads_;
+  vector<ParameterInfo> table_;
+  std::unordered_map<std::string, size_t> index_;
+  vector<int64_t> offsets_, numels_;
+  int64_t total_ = 0;
+  int64_t embedding_ = 0, finalNorm_ = 0, lmHead_ = 0;
+  vector<LayerOffsets> layers_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  DeviceBuffer master_, compute_, grads_, adamM_, adamV_, partials_;
+  DeviceBuffer activations_, scoreArena_;
+  Acts acts_;
+  ScoreState score_;
+  bool haveActivations_ = false;
+  int64_t scoredCount_ = 0;
+  float temperature_ = 1.f;
+  bool simtAttention_ = false;
+  bool recompute_ = false;
+};
+
+}  // namespace
+
+// Registers the backend with the engine factory (engine.h) when the addon is loaded.
+const bool cudaEngineRegistered = [] {
+  registerEngineFactory(Device::CUDA, [](const ModelConfig& config, int threads) { return createCudaEngine(config, threads); });
+  return true;
+}();
+
+std::unique_ptr<Engine> createCudaEngine(const ModelConfig& config, int threads) {
+  return std::make_unique<CudaEngine>(config, threads);
+}
+
+}  // namespace webgrpo

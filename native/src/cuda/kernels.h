@@ -1,0 +1,165 @@
+// Host entry points of the CUDA kernels: the GPU twins of the fp32 CPU ops. All tensors are device pointers,
+// row-major; activations and weights are bf16, accumulators (gradients, optimizer state, residual stream,
+// saved statistics) fp32. Functions that end in "Backward" ACCUMULATE into parameter gradients (+=) and
+// OVERWRITE activation gradients unless their comment says otherwise. Every function enqueues on `stream`
+// and returns at once; invalid shapes throw std::invalid_argument, CUDA failures std::runtime_error.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace webgrpo::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- embedding.cu -------------------------------------------------------------------------------------------
+// out[t,:] = table[ids[t],:]. An id outside [0, vocab) yields a row of NaNs (the caller validates ids first).
+void embeddingForward(const int32_t* ids, const bf16* table, bf16* out, int64_t tokens, int hidden, int vocab,
+                      cudaStream_t stream);
+// The same into an fp32 buffer (the residual stream).
+void embeddingForward(const int32_t* ids, const bf16* table, float* out, int64_t tokens, int hidden, int vocab,
+                      cudaStream_t stream);
+// dtable[ids[t],:] += dout[t,:] for every t whose rowMask is 1 (rowMask may be null: all rows).
+void embeddingBackward(const int32_t* ids, const bf16* dout, const uint8_t* rowMask, float* dtable, int64_t tokens,
+                       int hidden, int vocab, cudaStream_t stream);
+void embeddingBackward(const int32_t* ids, const float* dout, const uint8_t* rowMask, float* dtable, int64_t tokens,
+                       int hidden, int vocab, cudaStream_t stream);
+
+// ---- rmsnorm.cu ---------------------------------------------------------------------------------------------
+// residualOut = residualIn + add (add may be null; residualOut may alias residualIn), then
+// normed = residualOut * rsqrt(mean(residualOut^2) + eps) * weight. rstd[row] keeps the rsqrt for backward.
+void residualRmsNormForward(const float* residualIn, const bf16* add, float* residualOut, const bf16* weight,
+                            bf16* normed, float* rstd, int64_t rows, int hidden, float eps, cudaStream_t stream);
+// From dnormed and the post-add residual: dresidual += d(residual) (the residual stream's gradient flows on),
+// dweight += sum over rows.
+void rmsNormBackward(const bf16* dnormed, const float* residual, const bf16* weight, const float* rstd,
+                     float* dresidual, float* dweight, int64_t rows, int hidden, cudaStream_t stream);
+
+// ---- shortconv.cu -------------------------------------------------------------------------------------------
+// LFM2 short-conv core between in_proj and out_proj. proj [rows, 3H] holds B | C | x per row; rows = batch*seqLen.
+// y[t,c] = C[t,c] * sum_k w[c,k] * Bx[t-2+k,c] with Bx = B*x, zero before the sequence start and at positions
+// whose mask is 0 (mask may be null); y is 0 at masked positions. convWeight [H, 3].
+void shortConvForward(const bf16* proj, const bf16* convWeight, const uint8_t* mask, bf16* y, int batch,
+                      int seqLen, int hidden, cudaStream_t stream);
+// dproj [rows, 3H] (overwritten), dconvWeight [H,3] += .
+void shortConvBackward(const bf16* dy, const bf16* proj, const bf16* convWeight, const uint8_t* mask, bf16* dproj,
+                       float* dconvWeight, int batch, int seqLen, int hidden, cudaStream_t stream);
+
+// ---- rope.cu ------------------------------------------------------------------------------------------------
+// Per (row, head): RMSNorm over headDim with one shared weight, then rotate-half RoPE at positions[row].
+// in/out rows are strided (e.g. q or k inside a fused qkv buffer). rstd [rows, heads]. headDim % 64 == 0, <= 256.
+void headNormRopeForward(const bf16* in, int64_t inRowStride, bf16* out, int64_t outRowStride, const bf16* weight,
+                         const int32_t* positions, float* rstd, int64_t rows, int heads, int headDim, float eps,
+                         float theta, cudaStream_t stream);
+// din (strided, overwritten), dweight [headDim] += .
+void headNormRopeBackward(const bf16* dout, int64_t doutRowStride, const bf16* in, int64_t inRowStride,
+                          const bf16* weight, const int32_t* positions, const float* rstd, bf16* din,
+                          int64_t dinRowStride, float* dweight, int64_t rows, int heads, int headDim, float theta,
+                          cudaStream_t stream);
+
+// ---- swiglu.cu ----------------------------------------------------------------------------------------------
+// gateUp [rows, 2I] = gate (w1 x) | up (w3 x); out [rows, I] = silu(gate) * up.
+void swigluForward(const bf16* gateUp, bf16* out, int64_t rows, int intermediate, cudaStream_t stream);
+void swigluBackward(const bf16* dout, const bf16* gateUp, bf16* dgateUp, int64_t rows, int intermediate,
+                    cudaStream_t stream);
+
+// ---- attention.cu -------------------------------------------------------------------------------------------
+struct AttentionShape {
+  int batch, seqLen, numHeads, numKvHeads, headDim;
+};
+// Causal GQA attention over left-padded sequences: query (b,i) sees keys j <= i with mask[b,j] = 1 (mask may be
+// null). q rows [batch*seqLen] of numHeads*headDim (row stride qStride), k/v of numKvHeads*headDim. out
+// [rows, numHeads*headDim] (0 at masked query rows); lse [batch, numHeads, seqLen] (natural log) for backward.
+// headDim must be 64; pointers 16-byte aligned. Tensor cores (WMMA bf16). No [T x T] matrix is stored.
+void attentionForward(const bf16* q, int64_t qStride, const bf16* k, int64_t kStride, const bf16* v,
+                      int64_t vStride, const uint8_t* mask, bf16* out, float* lse, const AttentionShape& shape,
+                      cudaStream_t stream);
+// dq/dk/dv overwritten (strided like q/k/v). rowDot: workspace of batch*numHeads*seqLen floats.
+void attentionBackward(const bf16* q, int64_t qStride, const bf16* k, int64_t kStride, const bf16* v,
+                       int64_t vStride, const uint8_t* mask, const bf16* out, const bf16* dout, const float* lse,
+                       bf16* dq, int64_t dqStride, bf16* dk, int64_t dkStride, bf16* dv, int64_t dvStride,
+                       float* rowDot, const AttentionShape& shape, cudaStream_t stream);
+// The same on CUDA cores (one thread per row): the simple reference the tensor-core kernels were checked against.
+void attentionForwardSimt(const bf16* q, int64_t qStride, const bf16* k, int64_t kStride, const bf16* v,
+                          int64_t vStride, const uint8_t* mask, bf16* out, float* lse, const AttentionShape& shape,
+                          cudaStream_t stream);
+void attentionBackwardSimt(const bf16* q, int64_t qStride, const bf16* k, int64_t kStride, const bf16* v,
+                           int64_t vStride, const uint8_t* mask, const bf16* out, const bf16* dout, const float* lse,
+                           bf16* dq, int64_t dqStride, bf16* dk, int64_t dkStride, bf16* dv, int64_t dvStride,
+                           float* rowDot, const AttentionShape& shape, cudaStream_t stream);
+
+// ---- gemm.cu ------------------------------------------------------------------------------------------------
+enum class OutType { BF16, F32 };
+// Matrix products through cuBLASLt (loaded at run time with dlopen, so building needs no cuBLAS), with a plain
+// tiled kernel as fallback where the library is missing. Row-major semantics:
+//   C[M,N] = alpha * op(A) * op(B) + beta * C,  op(A) [M,K] (A stored [K,M] when transA), op(B) [K,N] (B
+//   stored [N,K] when transB). A, B bf16; C bf16 or fp32; fp32 accumulation.
+// A Linear layer y = x W^T is gemm(false, true, rows, out, in, x, W, y).
+class Gemm {
+ public:
+  // workspaceBytes: cuBLASLt scratch, allocated once here. forceFallback: skip cuBLASLt (tests).
+  explicit Gemm(size_t workspaceBytes = 32u << 20, bool forceFallback = false);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  void run(bool transA, bool transB, int M, int N, int K, float alpha, const bf16* A, int64_t lda, const bf16* B,
+           int64_t ldb, float beta, void* C, OutType cType, int64_t ldc, cudaStream_t stream);
+  bool usesCublasLt() const;
+  // Why cuBLASLt is not used (empty when it is).
+  const char* fallbackReason() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- lmhead.cu ----------------------------------------------------------------------------------------------
+// Allowed-token rows (constrained decoding): row r allows tokens[offsets[r] .. offsets[r+1]), which must be
+// distinct (a repeated id would count twice in the softmax). Null offsets: all tokens allowed.
+struct AllowedTokensDevice {
+  const int32_t* offsets = nullptr;
+  const int32_t* tokens = nullptr;
+};
+// Tied lm_head + tempered log-softmax, chunked: logits for at most chunkRows rows exist at a time in
+// logitsWorkspace [chunkRows, vocab] fp32. hidden [n, H] (final-normed states of the scored positions), embed
+// [vocab, H]. Per row: logprob of targets[r], entropy, lse (of the tempered logits, for backward).
+void lmHeadLogprobForward(Gemm& gemm, const bf16* hidden, const bf16* embed, const int32_t* targets,
+                          float invTemperature, AllowedTokensDevice allowed, float* logitsWorkspace, int chunkRows,
+                          float* logprob, float* entropy, float* lse, int n, int hiddenSize, int vocab,
+                          cudaStream_t stream);
+// dlogprob [n]: gradient of the loss wrt each logprob. dhidden [n,H] overwritten; dembed [vocab,H] += .
+// dlogitsWorkspace [chunkRows, vocab] bf16 besides logitsWorkspace.
+void lmHeadLogprobBackward(Gemm& gemm, const bf16* hidden, const bf16* embed, const int32_t* targets,
+                           float invTemperature, AllowedTokensDevice allowed, const float* lse, const float* dlogprob,
+                           float* logitsWorkspace, bf16* dlogitsWorkspace, int chunkRows, bf16* dhidden,
+                           float* dembed, int n, int hiddenSize, int vocab, cudaStream_t stream);
+// The row kernels alone, on logits already in memory (used by the chunked functions above and the tests).
+void logprobRows(const float* logits, const int32_t* targets, float invTemperature, AllowedTokensDevice allowed,
+                 int rowOffset, float* logprob, float* entropy, float* lse, int rows, int vocab, cudaStream_t stream);
+void logprobRowsBackward(const float* logits, const int32_t* targets, float invTemperature,
+                         AllowedTokensDevice allowed, int rowOffset, const float* lse, const float* dlogprob,
+                         bf16* dlogits, int rows, int vocab, cudaStream_t stream);
+
+// ---- adamw.cu -----------------------------------------------------------------------------------------------
+struct AdamWHyper {
+  float lr, beta1, beta2, eps, weightDecay;
+  int step;         // 1-based, for bias correction
+  float gradScale;  // multiplies every gradient first (clipping, accumulation averaging)
+};
+// One fused pass over n parameters: fp32 master (updated), bf16 compute copy (rewritten; may be null), m, v.
+void adamwStep(float* master, bf16* computeCopy, const float* grad, float* m, float* v, int64_t n,
+               const AdamWHyper& hyper, cudaStream_t stream);
+// sum(x^2) over n floats into *result (device, one float; overwritten). partials: workspace of
+// sumSquaresPartialCount() floats. Deterministic (fixed reduction order).
+int sumSquaresPartialCount();
+void sumSquares(const float* x, int64_t n, float* partials, float* result, cudaStream_t stream);
+// Fills n elements with a value (fp32 or bf16) — zeroing gradients and poisoning outputs in tests.
+void fillF32(float* x, int64_t n, float value, cudaStream_t stream);
+void fillBf16(bf16* x, int64_t n, float value, cudaStream_t stream);
+void convertF32ToBf16(const float* src, bf16* dst, int64_t n, cudaStream_t stream);
+
+}  // namespace webgrpo::cuda

@@ -1,0 +1,85 @@
+#include "engine.h"
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+namespace webgrpo {
+
+void ModelConfig::validate() const {
+  auto require = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("invalid model config: " + what);
+  };
+  require(vocabSize > 0, "vocabSize must be > 0");
+  require(hiddenSize > 0, "hiddenSize must be > 0");
+  require(numLayers > 0, "numLayers must be > 0");
+  require(int64_t(layerTypes.size()) == numLayers,
+          "layerTypes has " + std::to_string(layerTypes.size()) + " entries, numLayers is " + std::to_string(numLayers));
+  require(numHeads > 0 && numKvHeads > 0, "numHeads and numKvHeads must be > 0");
+  require(numHeads % numKvHeads == 0, "numHeads (" + std::to_string(numHeads) + ") must be a multiple of numKvHeads (" +
+                                          std::to_string(numKvHeads) + ")");
+  require(headDim > 0 && headDim % 2 == 0, "headDim must be a positive even number");
+  require(intermediateSize > 0, "intermediateSize must be > 0");
+  require(convKernel >= 1, "convKernel must be >= 1");
+  require(normEps > 0, "normEps must be > 0");
+  require(ropeTheta > 0, "ropeTheta must be > 0");
+}
+
+std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& c) {
+  const int64_t H = c.hiddenSize, I = c.intermediateSize, qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim;
+  std::vector<ParameterInfo> table;
+  table.push_back({"model.embed_tokens.weight", {c.vocabSize, H}});
+  for (int64_t i = 0; i < c.numLayers; i++) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    if (c.layerTypes[i] == LayerKind::Conv) {
+      table.push_back({p + "conv.conv.weight", {H, 1, c.convKernel}});
+      table.push_back({p + "conv.in_proj.weight", {3 * H, H}});
+      table.push_back({p + "conv.out_proj.weight", {H, H}});
+    } else {
+      table.push_back({p + "self_attn.q_proj.weight", {qDim, H}});
+      table.push_back({p + "self_attn.k_proj.weight", {kvDim, H}});
+      table.push_back({p + "self_attn.v_proj.weight", {kvDim, H}});
+      table.push_back({p + "self_attn.out_proj.weight", {H, qDim}});
+      table.push_back({p + "self_attn.q_layernorm.weight", {c.headDim}});
+      table.push_back({p + "self_attn.k_layernorm.weight", {c.headDim}});
+    }
+    table.push_back({p + "feed_forward.w1.weight", {I, H}});
+    table.push_back({p + "feed_forward.w3.weight", {I, H}});
+    table.push_back({p + "feed_forward.w2.weight", {H, I}});
+    table.push_back({p + "operator_norm.weight", {H}});
+    table.push_back({p + "ffn_norm.weight", {H}});
+  }
+  table.push_back({"model.embedding_norm.weight", {H}});
+  if (!c.tieEmbeddings) table.push_back({"lm_head.weight", {c.vocabSize, H}});
+  return table;
+}
+
+namespace {
+std::mutex registryMutex;
+std::map<Device, EngineFactory>& registry() {
+  static std::map<Device, EngineFactory> factories;
+  return factories;
+}
+}  // namespace
+
+void registerEngineFactory(Device device, EngineFactory factory) {
+  std::lock_guard<std::mutex> lock(registryMutex);
+  registry()[device] = std::move(factory);
+}
+
+std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, int threads) {
+  config.validate();
+  if (device == Device::CPU) return createCpuEngine(config, threads);
+  EngineFactory factory;
+  {
+    std::lock_guard<std::mutex> lock(registryMutex);
+    auto it = registry().find(device);
+    if (it != registry().end()) factory = it->second;
+  }
+  if (!factory)
+    throw std::runtime_error(std::string("backend '") + deviceName(device) + "' has no engine in this build" +
+                             (cudaAvailable() ? "" : " (no CUDA device or built without CUDA)"));
+  return factory(config, threads);
+}
+
+}  // namespace webgrpo

@@ -1,0 +1,144 @@
+// Engine: the model-math interface that each backend implements (cpu/engine_cpu.cpp; a CUDA engine registers
+// itself with registerEngineFactory). The binding validates JS inputs into these plain structs; engines may
+// assume lengths are consistent but validate values (token ids, shapes of parameters) themselves.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor.h"
+
+namespace webgrpo {
+
+enum class LayerKind { Conv, Attention };
+
+struct ModelConfig {
+  int64_t vocabSize = 0;
+  int64_t hiddenSize = 0;
+  int64_t numLayers = 0;
+  int64_t numHeads = 0;
+  int64_t numKvHeads = 0;
+  int64_t headDim = 0;
+  int64_t intermediateSize = 0;
+  std::vector<LayerKind> layerTypes;
+  int64_t convKernel = 3;
+  float normEps = 1e-5f;
+  float ropeTheta = 1e6f;
+  bool tieEmbeddings = true;
+  int64_t bosTokenId = 1;
+  int64_t eosTokenId = 7;
+  int64_t padTokenId = 0;
+  int64_t maxPositionEmbeddings = 0;
+  float initializerRange = 0.02f;
+
+  // Throws std::invalid_argument naming the first inconsistent field.
+  void validate() const;
+};
+
+struct ParameterInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// A left-padded batch, row-major [batch, seqLen].
+struct TokenBatchView {
+  const int32_t* tokens = nullptr;
+  const uint8_t* mask = nullptr;
+  int64_t batch = 0;
+  int64_t seqLen = 0;
+};
+
+struct ScoreArgs {
+  TokenBatchView batch;
+  const uint8_t* scoreMask = nullptr;       // [batch*seqLen]
+  float temperature = 1.0f;
+  const int32_t* allowedOffsets = nullptr;  // [scored+1] or null
+  const int32_t* allowedTokens = nullptr;
+  bool keepActivations = false;
+};
+
+struct ScoreOutput {
+  std::vector<float> logprobs;
+  std::vector<float> entropy;
+};
+
+struct AdamWArgs {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weightDecay = 0;
+  int64_t step = 1;
+  float gradScale = 1;
+};
+
+struct SamplingArgs {
+  float temperature = 1.0f;
+  int32_t topK = 0;
+  float topP = 1.0f;
+  float minP = 0.0f;
+  float repetitionPenalty = 1.0f;
+  bool greedy = false;
+  uint64_t seed = 0;
+};
+
+struct TokenTrieView {
+  std::vector<int32_t> childOffsets;  // [nodes+1]
+  std::vector<int32_t> childTokens;
+  std::vector<int32_t> childNodes;
+  int64_t nodes() const { return int64_t(childOffsets.size()) - 1; }
+};
+
+struct GenerateArgs {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> sequencePrompt;
+  int64_t maxNewTokens = 0;
+  std::vector<int32_t> stopTokens;
+  SamplingArgs sampling;
+  // Per sequence; an empty optional (nullptr) means unconstrained. Empty vector = all unconstrained.
+  std::vector<std::shared_ptr<const TokenTrieView>> constraints;
+};
+
+enum class FinishReason { Stop, Length, Constraint };
+
+struct GenerateOutput {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  FinishReason finishReason = FinishReason::Length;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual Device device() const = 0;
+  virtual const ModelConfig& config() const = 0;
+
+  virtual std::vector<ParameterInfo> parameterInfo() const = 0;
+  virtual void setParameter(const std::string& name, const Tensor& value) = 0;
+  virtual Tensor getParameter(const std::string& name) const = 0;
+  virtual Tensor getGradient(const std::string& name) const = 0;
+  // which: 'm' or 'v'
+  virtual Tensor getOptimizerState(const std::string& name, char which) const = 0;
+  virtual void setOptimizerState(const std::string& name, char which, const Tensor& value) = 0;
+  virtual void initRandom(uint64_t seed, float initializerRange) = 0;
+
+  // Full logits [batch, seqLen, vocab].
+  virtual std::vector<float> forwardLogits(const TokenBatchView& batch) = 0;
+  virtual ScoreOutput score(const ScoreArgs& args) = 0;
+  // Accumulates gradients of Σ_k dLogprobs[k] * logprobs[k] of the last score(keepActivations=true).
+  virtual void backward(const float* dLogprobs, int64_t count) = 0;
+  virtual void zeroGrad() = 0;
+  virtual double gradNorm() = 0;
+  virtual void adamwStep(const AdamWArgs& args) = 0;
+  virtual std::vector<GenerateOutput> generate(const GenerateArgs& args) = 0;
+};
+
+// The transformers tensor table of an LFM2 config, in checkpoint order (no lm_head.weight when tied).
+std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& config);
+
+using EngineFactory = std::function<std::unique_ptr<Engine>(const ModelConfig&, int threads)>;
+// Backends register here (the CPU engine always; a CUDA engine from a static initializer in its .cu file).
+void registerEngineFactory(Device device, EngineFactory factory);
+std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, int threads);
+
+std::unique_ptr<Engine> createCpuEngine(const ModelConfig& config, int threads);
+
+}  // namespace webgrpo
