@@ -1,0 +1,790 @@
+// Kernel harness (llm.c dev/cuda style): every CUDA kernel against its fp32 CPU twin (native/src/cpu/ops.cpp) on
+// fresh random inputs, then timings at LFM2-350M training sizes against the measured ceilings of the GPU.
+//   check_kernels [--no-timing] [--seed N]
+// Exits 1 when any check fails. Inputs are rounded to bf16 first, so both sides see identical values; the error
+// measured is ||gpu - cpu|| / ||cpu|| over each output (NaN anywhere fails: outputs are poisoned before each run).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "cuda/kernels.h"
+
+using namespace webgrpo;
+using cuda::bf16;
+
+#define CHECK_CUDA(expr)                                                                              \
+  do {                                                                                                \
+    cudaError_t e_ = (expr);                                                                          \
+    if (e_ != cudaSuccess) {                                                                          \
+      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #expr); \
+      std::exit(2);                                                                                   \
+    }                                                                                                 \
+  } while (0)
+
+// ---- random inputs --------------------------------------------------------------------------------------------
+struct Rng {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return double(next() >> 11) * 0x1.0p-53; }
+  float normal() {
+    const double u1 = std::max(uniform(), 1e-300), u2 = uniform();
+    return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+};
+
+float roundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+std::vector<float> randomValues(Rng& rng, size_t n, float scale, float offset = 0.f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = roundBf16(offset + scale * rng.normal());
+  return v;
+}
+
+// ---- device buffers -------------------------------------------------------------------------------------------
+template <typename T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(size_t count = 0) : n(count) {
+    if (count) CHECK_CUDA(cudaMalloc(&ptr, count * sizeof(T)));
+  }
+  ~DeviceArray() {
+    if (ptr) cudaFree(ptr);
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  operator T*() const { return ptr; }
+};
+
+void upload(DeviceArray<bf16>& d, const std::vector<float>& h) {
+  std::vector<bf16> tmp(h.size());
+  for (size_t i = 0; i < h.size(); ++i) tmp[i] = __float2bfloat16_rn(h[i]);
+  CHECK_CUDA(cudaMemcpy(d.ptr, tmp.data(), tmp.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+}
+template <typename T>
+void upload(DeviceArray<T>& d, const std::vector<T>& h) {
+  CHECK_CUDA(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+std::vector<float> download(const DeviceArray<bf16>& d) {
+  std::vector<bf16> tmp(d.n);
+  CHECK_CUDA(cudaMemcpy(tmp.data(), d.ptr, d.n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  std::vector<float> out(d.n);
+  for (size_t i = 0; i < d.n; ++i) out[i] = __bfloat162float(tmp[i]);
+  return out;
+}
+std::vector<float> download(const DeviceArray<float>& d) {
+  std::vector<float> out(d.n);
+  CHECK_CUDA(cudaMemcpy(out.data(), d.ptr, d.n * sizeof(float), cudaMemcpyDeviceToHost));
+  return out;
+}
+void poison(DeviceArray<bf16>& d) { cuda::fillBf16(d, d.n, NAN, nullptr); }
+void poison(DeviceArray<float>& d) { cuda::fillF32(d, d.n, NAN, nullptr); }
+
+// ---- comparison -----------------------------------------------------------------------------------------------
+struct CheckRow {
+  std::string name;
+  double relError;
+  double tolerance;
+  bool pass;
+};
+std::vector<CheckRow> checks;
+
+// Relative L2 error over positions where include[i] (all when empty). Any non-finite GPU value where the
+// reference is finite counts as failure.
+double relError(const std::vector<float>& gpu, const std::vector<float>& ref, const std::vector<uint8_t>& include = {}) {
+  if (gpu.size() != ref.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    if (!include.empty() && !include[i]) continue;
+    if (!std::isfinite(ref[i])) {
+      if (gpu[i] != ref[i]) return INFINITY;
+      continue;
+    }
+    if (!std::isfinite(gpu[i])) return NAN;
+    const double d = double(gpu[i]) - ref[i];
+    num += d * d;
+    den += double(ref[i]) * ref[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+void record(const std::string& name, double err, double tolerance) {
+  const bool pass = std::isfinite(err) && err <= tolerance;
+  checks.push_back({name, err, tolerance, pass});
+  std::printf("  %-44s rel.err %.3e  (tol %.0e)  %s\n", name.c_str(), err, tolerance, pass ? "ok" : "FAIL");
+}
+
+// bf16 outputs of fp32 math land near 2^-9 relative; fp32 outputs far below.
+constexpr double kTolBf16 = 1e-2;
+constexpr double kTolF32 = 1e-4;
+
+// ---- problem shapes -------------------------------------------------------------------------------------------
+struct Shape {
+  int batch, seqLen, hidden, heads, kvHeads, headDim, inter, vocab;
+  std::vector<int> lengths;  // real tokens per sequence (left padding before them)
+  int rows() const { return batch * seqLen; }
+};
+
+std::vector<uint8_t> maskFor(const Shape& s) {
+  std::vector<uint8_t> mask(size_t(s.rows()), 0);
+  for (int b = 0; b < s.batch; ++b)
+    for (int t = s.seqLen - s.lengths[b]; t < s.seqLen; ++t) mask[size_t(b) * s.seqLen + t] = 1;
+  return mask;
+}
+
+std::vector<uint8_t> expandRows(const std::vector<uint8_t>& rowMask, size_t width) {
+  std::vector<uint8_t> out(rowMask.size() * width);
+  for (size_t r = 0; r < rowMask.size(); ++r) std::fill_n(out.begin() + r * width, width, rowMask[r]);
+  return out;
+}
+
+// ---- checks ---------------------------------------------------------------------------------------------------
+void checkEmbedding(Rng& rng, const Shape& s) {
+  const int rows = s.rows();
+  std::vector<int32_t> ids(rows);
+  for (auto& id : ids) id = int32_t(rng.next() % s.vocab);
+  ids[0] = ids[rows - 1];  // a repeated id exercises the scatter-add
+  auto table = randomValues(rng, size_t(s.vocab) * s.hidden, 0.02f);
+  auto dout = randomValues(rng, size_t(rows) * s.hidden, 1.f);
+  auto dtable0 = randomValues(rng, size_t(s.vocab) * s.hidden, 0.1f);
+  std::vector<float> refOut(size_t(rows) * s.hidden), refDtable = dtable0;
+  cpu::embedding_forward(refOut.data(), ids.data(), table.data(), rows, s.hidden);
+  cpu::embedding_backward(refDtable.data(), dout.data(), ids.data(), rows, s.hidden);
+
+  DeviceArray<int32_t> dIds(rows);
+  DeviceArray<bf16> dTable(table.size()), dOut(refOut.size()), dDout(dout.size());
+  DeviceArray<float> dDtable(dtable0.size());
+  upload(dIds, ids);
+  upload(dTable, table);
+  upload(dDout, dout);
+  upload(dDtable, dtable0);
+  poison(dOut);
+  cuda::embeddingForward(dIds, dTable, dOut, rows, s.hidden, s.vocab, nullptr);
+  cuda::embeddingBackward(dIds, dDout, nullptr, dDtable, rows, s.hidden, s.vocab, nullptr);
+  record("embedding fwd", relError(download(dOut), refOut), 0);  // a copy: exact
+  record("embedding bwd dtable (+=)", relError(download(dDtable), refDtable), kTolF32);
+}
+
+void checkRmsNorm(Rng& rng, const Shape& s) {
+  const int rows = s.rows(), H = s.hidden;
+  auto residual = randomValues(rng, size_t(rows) * H, 1.f);
+  auto add = randomValues(rng, size_t(rows) * H, 0.5f);
+  auto weight = randomValues(rng, H, 0.1f, 1.f);
+  auto dnormed = randomValues(rng, size_t(rows) * H, 1.f);
+  auto dres0 = randomValues(rng, size_t(rows) * H, 0.3f);
+  auto dw0 = randomValues(rng, H, 0.1f);
+  const float eps = 1e-5f;
+  std::vector<float> refRes = residual, refNormed(refRes.size()), refRstd(rows), refDres = dres0, refDw = dw0;
+  cpu::residual_add(refRes.data(), add.data(), int64_t(refRes.size()));
+  cpu::rmsnorm_forward(refNormed.data(), refRstd.data(), refRes.data(), weight.data(), rows, H, eps);
+  cpu::rmsnorm_backward(refDres.data(), refDw.data(), dnormed.data(), refRes.data(), weight.data(), refRstd.data(),
+                        rows, H);
+
+  DeviceArray<float> dRes(residual.size()), dRstd(rows), dDres(dres0.size()), dDw(H);
+  DeviceArray<bf16> dAdd(add.size()), dW(H), dNormed(refNormed.size()), dDnormed(dnormed.size());
+  upload(dRes, residual);
+  upload(dAdd, add);
+  upload(dW, weight);
+  upload(dDnormed, dnormed);
+  upload(dDres, dres0);
+  upload(dDw, dw0);
+  poison(dNormed);
+  poison(dRstd);
+  cuda::residualRmsNormForward(dRes, dAdd, dRes, dW, dNormed, dRstd, rows, H, eps, nullptr);
+  cuda::rmsNormBackward(dDnormed, dRes, dW, dRstd, dDres, dDw, rows, H, nullptr);
+  record("rmsnorm+residual fwd residual", relError(download(dRes), refRes), kTolF32);
+  record("rmsnorm+residual fwd normed", relError(download(dNormed), refNormed), kTolBf16);
+  record("rmsnorm+residual fwd rstd", relError(download(dRstd), refRstd), kTolF32);
+  record("rmsnorm bwd dresidual (+=)", relError(download(dDres), refDres), kTolF32);
+  record("rmsnorm bwd dweight (+=)", relError(download(dDw), refDw), kTolF32);
+}
+
+void checkShortConv(Rng& rng, const Shape& s) {
+  const int rows = s.rows(), H = s.hidden;
+  const auto mask = maskFor(s);
+  auto proj = randomValues(rng, size_t(rows) * 3 * H, 1.f);
+  auto w = randomValues(rng, size_t(H) * 3, 0.5f);
+  auto dy = randomValues(rng, size_t(rows) * H, 1.f);
+  auto dw0 = randomValues(rng, size_t(H) * 3, 0.1f);
+  // Reference: HF zeroes padded positions before in_proj, so B, C and x are 0 there.
+  std::vector<float> masked = proj;
+  cpu::mask_rows(masked.data(), mask.data(), rows, 3 * H);
+  std::vector<float> bx(size_t(rows) * H), conv(bx.size()), y(bx.size());
+  cpu::conv_gate_in_forward(bx.data(), masked.data(), rows, H);
+  cpu::causal_conv_forward(conv.data(), bx.data(), w.data(), s.batch, s.seqLen, H, 3);
+  cpu::conv_gate_out_forward(y.data(), masked.data(), conv.data(), rows, H);
+  std::vector<float> dproj(size_t(rows) * 3 * H, 0.f), dconv(bx.size(), 0.f), dbx(bx.size(), 0.f), dw = dw0;
+  cpu::conv_gate_out_backward(dproj.data(), dconv.data(), dy.data(), masked.data(), conv.data(), rows, H);
+  cpu::causal_conv_backward(dbx.data(), dw.data(), dconv.data(), bx.data(), w.data(), s.batch, s.seqLen, H, 3);
+  cpu::conv_gate_in_backward(dproj.data(), dbx.data(), masked.data(), rows, H);
+  // The gradient into a padded position's in_proj output must be 0 (its input was zeroed).
+  cpu::mask_rows(dproj.data(), mask.data(), rows, 3 * H);
+
+  DeviceArray<bf16> dProj(proj.size()), dW(w.size()), dY(y.size()), dDy(dy.size()), dDproj(dproj.size());
+  DeviceArray<uint8_t> dMask(mask.size());
+  DeviceArray<float> dDw(dw0.size());
+  upload(dProj, proj);  // unmasked: the kernel applies the mask itself
+  upload(dW, w);
+  upload(dDy, dy);
+  upload(dMask, mask);
+  upload(dDw, dw0);
+  poison(dY);
+  poison(dDproj);
+  cuda::shortConvForward(dProj, dW, dMask, dY, s.batch, s.seqLen, H, nullptr);
+  cuda::shortConvBackward(dDy, dProj, dW, dMask, dDproj, dDw, s.batch, s.seqLen, H, nullptr);
+  record("shortconv fwd", relError(download(dY), y), kTolBf16);
+  record("shortconv bwd dproj", relError(download(dDproj), dproj), kTolBf16);
+  record("shortconv bwd dweight (+=)", relError(download(dDw), dw), kTolF32 * 10);
+}
+
+void checkHeadNormRope(Rng& rng, const Shape& s) {
+  const int rows = s.rows(), nh = s.heads, hd = s.headDim;
+  const int width = nh * hd, stride = width + 2 * s.kvHeads * hd;  // q inside a fused qkv row
+  const auto mask = maskFor(s);
+  std::vector<int32_t> positions(rows);
+  cpu::positions_from_mask(positions.data(), mask.data(), s.batch, s.seqLen);
+  auto qkv = randomValues(rng, size_t(rows) * stride, 1.f);
+  auto weight = randomValues(rng, hd, 0.1f, 1.f);
+  auto dout = randomValues(rng, size_t(rows) * width, 1.f);
+  auto dw0 = randomValues(rng, hd, 0.1f);
+  const float eps = 1e-5f, theta = 1e6f;
+  std::vector<float> q(size_t(rows) * width), out(q.size()), rstd(size_t(rows) * nh);
+  for (int r = 0; r < rows; ++r) std::copy_n(qkv.begin() + size_t(r) * stride, width, q.begin() + size_t(r) * width);
+  cpu::rmsnorm_forward(out.data(), rstd.data(), q.data(), weight.data(), int64_t(rows) * nh, hd, eps);
+  cpu::rope_forward(out.data(), positions.data(), rows, nh, hd, theta);
+  std::vector<float> dnorm = dout, dq(q.size(), 0.f), dw = dw0;
+  cpu::rope_backward(dnorm.data(), positions.data(), rows, nh, hd, theta);
+  cpu::rmsnorm_backward(dq.data(), dw.data(), dnorm.data(), q.data(), weight.data(), rstd.data(), int64_t(rows) * nh,
+                        hd);
+
+  DeviceArray<bf16> dQkv(qkv.size()), dW(hd), dOut(out.size()), dDout(dout.size()), dDq(dq.size());
+  DeviceArray<int32_t> dPos(rows);
+  DeviceArray<float> dRstd(rstd.size()), dDw(hd);
+  upload(dQkv, qkv);
+  upload(dW, weight);
+  upload(dDout, dout);
+  upload(dPos, positions);
+  upload(dDw, dw0);
+  poison(dOut);
+  poison(dDq);
+  cuda::headNormRopeForward(dQkv, stride, dOut, width, dW, dPos, dRstd, rows, nh, hd, eps, theta, nullptr);
+  cuda::headNormRopeBackward(dDout, width, dQkv, stride, dW, dPos, dRstd, dDq, width, dDw, rows, nh, hd, theta,
+                             nullptr);
+  record("q/k norm+rope fwd", relError(download(dOut), out), kTolBf16);
+  record("q/k norm+rope fwd rstd", relError(download(dRstd), rstd), kTolF32);
+  record("q/k norm+rope bwd dx", relError(download(dDq), dq), kTolBf16);
+  record("q/k norm+rope bwd dweight (+=)", relError(download(dDw), dw), kTolF32 * 10);
+}
+
+void checkSwiglu(Rng& rng, const Shape& s) {
+  const int rows = s.rows(), I = s.inter;
+  auto gateUp = randomValues(rng, size_t(rows) * 2 * I, 2.f);
+  auto dout = randomValues(rng, size_t(rows) * I, 1.f);
+  std::vector<float> gate(size_t(rows) * I), up(gate.size()), h(gate.size()), dgate(gate.size(), 0.f),
+      dup(gate.size(), 0.f);
+  for (int r = 0; r < rows; ++r) {
+    std::copy_n(gateUp.begin() + size_t(r) * 2 * I, I, gate.begin() + size_t(r) * I);
+    std::copy_n(gateUp.begin() + size_t(r) * 2 * I + I, I, up.begin() + size_t(r) * I);
+  }
+  cpu::swiglu_forward(h.data(), gate.data(), up.data(), int64_t(h.size()));
+  cpu::swiglu_backward(dgate.data(), dup.data(), dout.data(), gate.data(), up.data(), int64_t(h.size()));
+  std::vector<float> dgateUp(gateUp.size());
+  for (int r = 0; r < rows; ++r) {
+    std::copy_n(dgate.begin() + size_t(r) * I, I, dgateUp.begin() + size_t(r) * 2 * I);
+    std::copy_n(dup.begin() + size_t(r) * I, I, dgateUp.begin() + size_t(r) * 2 * I + I);
+  }
+  DeviceArray<bf16> dGateUp(gateUp.size()), dH(h.size()), dDout(dout.size()), dDgateUp(gateUp.size());
+  upload(dGateUp, gateUp);
+  upload(dDout, dout);
+  poison(dH);
+  poison(dDgateUp);
+  cuda::swigluForward(dGateUp, dH, rows, I, nullptr);
+  cuda::swigluBackward(dDout, dGateUp, dDgateUp, rows, I, nullptr);
+  record("swiglu fwd", relError(download(dH), h), kTolBf16);
+  record("swiglu bwd", relError(download(dDgateUp), dgateUp), kTolBf16);
+}
+
+using AttnForwardFn = decltype(&cuda::attentionForward);
+using AttnBackwardFn = decltype(&cuda::attentionBackward);
+
+void checkAttention(Rng& rng, const Shape& s, const char* label, bool tensorCores) {
+  const AttnForwardFn attnForward = tensorCores ? cuda::attentionForward : cuda::attentionForwardSimt;
+  const AttnBackwardFn attnBackward = tensorCores ? cuda::attentionBackward : cuda::attentionBackwardSimt;
+  const int rows = s.rows(), hd = s.headDim;
+  const int qW = s.heads * hd, kvW = s.kvHeads * hd, stride = qW + 2 * kvW;
+  const auto mask = maskFor(s);
+  auto qkv = randomValues(rng, size_t(rows) * stride, 1.f);
+  auto dout = randomValues(rng, size_t(rows) * qW, 1.f);
+  std::vector<float> q(size_t(rows) * qW), k(size_t(rows) * kvW), v(k.size());
+  for (int r = 0; r < rows; ++r) {
+    std::copy_n(qkv.begin() + size_t(r) * stride, qW, q.begin() + size_t(r) * qW);
+    std::copy_n(qkv.begin() + size_t(r) * stride + qW, kvW, k.begin() + size_t(r) * kvW);
+    std::copy_n(qkv.begin() + size_t(r) * stride + qW + kvW, kvW, v.begin() + size_t(r) * kvW);
+  }
+  std::vector<float> out(q.size()), lse(size_t(s.batch) * s.heads * s.seqLen);
+  cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), mask.data(), s.batch, s.seqLen,
+                         s.heads, s.kvHeads, hd);
+  // The backward reference consumes the GPU's bf16-rounded forward output, as the GPU backward does.
+  DeviceArray<bf16> dQkv(qkv.size()), dOut(out.size()), dDout(dout.size()), dDqkv(qkv.size());
+  DeviceArray<uint8_t> dMask(mask.size());
+  DeviceArray<float> dLse(lse.size()), dRowDot(lse.size());
+  upload(dQkv, qkv);
+  upload(dDout, dout);
+  upload(dMask, mask);
+  poison(dOut);
+  poison(dLse);
+  poison(dDqkv);
+  const cuda::AttentionShape shape{s.batch, s.seqLen, s.heads, s.kvHeads, hd};
+  const bf16 *Q = dQkv.ptr, *K = dQkv.ptr + qW, *V = dQkv.ptr + qW + kvW;
+  attnForward(Q, stride, K, stride, V, stride, dMask, dOut, dLse, shape, nullptr);
+  attnBackward(Q, stride, K, stride, V, stride, dMask, dOut, dDout, dLse, dDqkv.ptr, stride, dDqkv.ptr + qW, stride,
+               dDqkv.ptr + qW + kvW, stride, dRowDot, shape, nullptr);
+  const auto gpuOut = download(dOut);
+  const auto lseMask = [&] {
+    std::vector<uint8_t> m(lse.size());
+    for (int b = 0; b < s.batch; ++b)
+      for (int h = 0; h < s.heads; ++h)
+        for (int t = 0; t < s.seqLen; ++t) m[(size_t(b) * s.heads + h) * s.seqLen + t] = mask[size_t(b) * s.seqLen + t];
+    return m;
+  }();
+  std::string p = std::string(tensorCores ? "attention tc " : "attention simt ") + label;
+  record(p + " fwd out", relError(gpuOut, out), kTolBf16);
+  record(p + " fwd lse", relError(download(dLse), lse, lseMask), kTolF32 * 10);
+  std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), gpuOut.data(), lse.data(), q.data(), k.data(),
+                          v.data(), mask.data(), s.batch, s.seqLen, s.heads, s.kvHeads, hd);
+  const auto g = download(dDqkv);
+  std::vector<float> gq(q.size()), gk(k.size()), gv(v.size());
+  for (int r = 0; r < rows; ++r) {
+    std::copy_n(g.begin() + size_t(r) * stride, qW, gq.begin() + size_t(r) * qW);
+    std::copy_n(g.begin() + size_t(r) * stride + qW, kvW, gk.begin() + size_t(r) * kvW);
+    std::copy_n(g.begin() + size_t(r) * stride + qW + kvW, kvW, gv.begin() + size_t(r) * kvW);
+  }
+  record(p + " bwd dq", relError(gq, dq), kTolBf16);
+  record(p + " bwd dk", relError(gk, dk), kTolBf16);
+  record(p + " bwd dv", relError(gv, dv), kTolBf16);
+  // Same inputs again: the result must be bit-identical (no races, no atomics in attention).
+  attnBackward(Q, stride, K, stride, V, stride, dMask, dOut, dDout, dLse, dDqkv.ptr, stride, dDqkv.ptr + qW, stride,
+               dDqkv.ptr + qW + kvW, stride, dRowDot, shape, nullptr);
+  const auto g2 = download(dDqkv);
+  record(p + " bwd rerun identical", std::memcmp(g.data(), g2.data(), g.size() * sizeof(float)) == 0 ? 0.0 : 1.0, 0);
+}
+
+void checkGemm(Rng& rng, cuda::Gemm& gemm, const char* label) {
+  const int rows = 133, in = 200, out = 72;  // odd sizes on purpose
+  auto x = randomValues(rng, size_t(rows) * in, 1.f);
+  auto w = randomValues(rng, size_t(out) * in, 0.1f);
+  auto dy = randomValues(rng, size_t(rows) * out, 1.f);
+  auto dw0 = randomValues(rng, size_t(out) * in, 0.1f);
+  std::vector<float> y(size_t(rows) * out), dx(x.size(), 0.f), dw = dw0;
+  cpu::matmul_forward(y.data(), x.data(), w.data(), rows, in, out);
+  cpu::matmul_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rows, in, out);
+  DeviceArray<bf16> dX(x.size()), dW(w.size()), dY(y.size()), dDy(dy.size()), dDx(dx.size());
+  DeviceArray<float> dYf(y.size()), dDw(dw.size());
+  upload(dX, x);
+  upload(dW, w);
+  upload(dDy, dy);
+  upload(dDw, dw0);
+  poison(dY);
+  poison(dYf);
+  poison(dDx);
+  gemm.run(false, true, rows, out, in, 1.f, dX, in, dW, in, 0.f, dY, cuda::OutType::BF16, out, nullptr);
+  gemm.run(false, true, rows, out, in, 1.f, dX, in, dW, in, 0.f, dYf, cuda::OutType::F32, out, nullptr);
+  gemm.run(false, false, rows, in, out, 1.f, dDy, out, dW, in, 0.f, dDx, cuda::OutType::BF16, in, nullptr);
+  gemm.run(true, false, out, in, rows, 1.f, dDy, out, dX, in, 1.f, dDw, cuda::OutType::F32, in, nullptr);
+  std::string p = std::string("gemm ") + label;
+  record(p + " x.W^T -> bf16", relError(download(dY), y), kTolBf16);
+  record(p + " x.W^T -> f32", relError(download(dYf), y), kTolF32 * 10);
+  record(p + " dy.W -> bf16", relError(download(dDx), dx), kTolBf16);
+  record(p + " dW += dy^T.x (f32)", relError(download(dDw), dw), kTolF32 * 10);
+}
+
+void checkLmHead(Rng& rng, cuda::Gemm& gemm, int n, int H, int V, bool constrained, const char* label) {
+  auto hidden = randomValues(rng, size_t(n) * H, 1.f);
+  auto embed = randomValues(rng, size_t(V) * H, 0.05f);
+  auto dlogprob = randomValues(rng, n, 1.f);
+  auto dembed0 = randomValues(rng, size_t(V) * H, 0.01f);
+  std::vector<int32_t> targets(n), offsets, tokens;
+  for (auto& t : targets) t = int32_t(rng.next() % V);
+  if (constrained) {
+    offsets.push_back(0);
+    for (int r = 0; r < n; ++r) {
+      // Distinct tokens per row (the kernels' contract), the target among them at a random place.
+      const int count = 1 + int(rng.next() % 40);
+      std::vector<int32_t> row{targets[r]};
+      while (int(row.size()) < count) {
+        const int32_t t = int32_t(rng.next() % V);
+        if (std::find(row.begin(), row.end(), t) == row.end()) row.push_back(t);
+      }
+      std::swap(row[0], row[rng.next() % row.size()]);
+      tokens.insert(tokens.end(), row.begin(), row.end());
+      offsets.push_back(int32_t(tokens.size()));
+    }
+  }
+  const float temperature = 0.7f;
+  std::vector<float> logprob(n), entropy(n), dhidden(hidden.size(), 0.f), dembed = dembed0;
+  const int32_t* offs = constrained ? offsets.data() : nullptr;
+  const int32_t* toks = constrained ? tokens.data() : nullptr;
+  cpu::lm_head_logprobs_forward(logprob.data(), entropy.data(), hidden.data(), embed.data(), targets.data(), offs,
+                                toks, n, H, V, temperature);
+  cpu::lm_head_logprobs_backward(dhidden.data(), dembed.data(), dlogprob.data(), hidden.data(), embed.data(),
+                                 targets.data(), offs, toks, n, H, V, temperature);
+  const int chunk = 37;  // several chunks, the last one partial
+  DeviceArray<bf16> dHidden(hidden.size()), dEmbed(embed.size()), dDhidden(hidden.size()), dDlogits(size_t(chunk) * V);
+  DeviceArray<float> dLogits(size_t(chunk) * V), dLogprob(n), dEntropy(n), dLse(n), dDlogprob(n), dDembed(dembed.size());
+  DeviceArray<int32_t> dTargets(n), dOffsets(offsets.size()), dTokens(tokens.size());
+  upload(dHidden, hidden);
+  upload(dEmbed, embed);
+  upload(dDlogprob, dlogprob);
+  upload(dDembed, dembed0);
+  upload(dTargets, targets);
+  cuda::AllowedTokensDevice allowed;
+  if (constrained) {
+    upload(dOffsets, offsets);
+    upload(dTokens, tokens);
+    allowed = {dOffsets.ptr, dTokens.ptr};
+  }
+  poison(dLogprob);
+  poison(dEntropy);
+  poison(dDhidden);
+  cuda::lmHeadLogprobForward(gemm, dHidden, dEmbed, dTargets, 1.f / temperature, allowed, dLogits, chunk, dLogprob,
+                             dEntropy, dLse, n, H, V, nullptr);
+  cuda::lmHeadLogprobBackward(gemm, dHidden, dEmbed, dTargets, 1.f / temperature, allowed, dLse, dDlogprob, dLogits,
+                              dDlogits, chunk, dDhidden, dDembed, n, H, V, nullptr);
+  std::string p = std::string("lm_head logprob ") + label;
+  record(p + " fwd logprob", relError(download(dLogprob), logprob), 1e-3);
+  record(p + " fwd entropy", relError(download(dEntropy), entropy), 1e-3);
+  record(p + " bwd dhidden", relError(download(dDhidden), dhidden), kTolBf16);
+  record(p + " bwd dembed (+=)", relError(download(dDembed), dembed), kTolBf16);
+}
+
+void checkAdamW(Rng& rng) {
+  const int64_t n = 1000003;
+  auto p = randomValues(rng, n, 0.05f), g = randomValues(rng, n, 0.01f), m = randomValues(rng, n, 0.001f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = std::fabs(rng.normal()) * 1e-4f;
+  cuda::AdamWHyper hp{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7, 0.5f};
+  std::vector<float> rp = p, rm = m, rv = v;
+  cpu::adamw_step(rp.data(), g.data(), rm.data(), rv.data(), n, hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weightDecay,
+                  hp.step, hp.gradScale);
+  const double refSumSq = cpu::sum_squares(g.data(), n);
+  DeviceArray<float> dP(n), dG(n), dM(n), dV(n), dPartials(cuda::sumSquaresPartialCount()), dSum(1);
+  DeviceArray<bf16> dCopy(n);
+  upload(dP, p);
+  upload(dG, g);
+  upload(dM, m);
+  upload(dV, v);
+  poison(dCopy);
+  cuda::adamwStep(dP, dCopy, dG, dM, dV, n, hp, nullptr);
+  cuda::sumSquares(dG, n, dPartials, dSum, nullptr);
+  const auto gp = download(dP);
+  // Compare the update (p_new - p_old), not p itself, so the test is sensitive to the step's arithmetic.
+  std::vector<float> du(n), ru(n);
+  for (int64_t i = 0; i < n; ++i) {
+    du[i] = gp[i] - p[i];
+    ru[i] = rp[i] - p[i];
+  }
+  record("adamw update", relError(du, ru), 1e-4);
+  record("adamw m", relError(download(dM), rm), 1e-6);
+  record("adamw v", relError(download(dV), rv), 1e-6);
+  record("adamw bf16 copy", relError(download(dCopy), rp), kTolBf16);
+  record("sum of squares", std::fabs(download(dSum)[0] - refSumSq) / refSumSq, 1e-5);
+}
+
+// ---- timing ---------------------------------------------------------------------------------------------------
+struct TimeRow {
+  std::string name;
+  double ms;
+  double floorMs;  // bytes / bandwidth or flops / matrix rate, whichever is larger
+  std::string bound;
+};
+std::vector<TimeRow> timings;
+
+double medianMs(const std::function<void()>& fn, int reps = 20) {
+  for (int i = 0; i < 3; ++i) fn();
+  CHECK_CUDA(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  std::vector<float> times;
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a));
+    fn();
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    times.push_back(ms);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+double gBandwidth = 3.0e12, gMatrixRate = 8.0e14;  // replaced by measured ceilings
+
+void addTiming(const std::string& name, double ms, double bytes, double flops) {
+  const double memMs = bytes / gBandwidth * 1e3, mathMs = flops / gMatrixRate * 1e3;
+  const double floorMs = std::max(memMs, mathMs);
+  timings.push_back({name, ms, floorMs, memMs >= mathMs ? "mem" : "math"});
+  std::printf("  %-44s %9.3f ms  floor %8.3f ms (%s)  %5.1f%%\n", name.c_str(), ms, floorMs,
+              memMs >= mathMs ? "mem" : "math", 100.0 * floorMs / ms);
+  std::fflush(stdout);
+}
+
+template <typename T>
+void fillRandom(DeviceArray<T>& d, Rng& rng, float scale) {
+  std::vector<float> h(d.n);
+  for (auto& x : h) x = scale * rng.normal();
+  upload(d, h);
+}
+
+void runTimings(Rng& rng, cuda::Gemm& gemm) {
+  std::printf("\n== ceilings ==\n");
+  {
+    const size_t bytes = size_t(2) << 30;
+    DeviceArray<uint8_t> a(bytes), b(bytes);
+    CHECK_CUDA(cudaMemset(a, 1, bytes));
+    const double ms = medianMs([&] { CHECK_CUDA(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice)); }, 10);
+    gBandwidth = 2.0 * bytes / (ms * 1e-3);
+    std::printf("  device copy: %.2f TB/s (read + write)\n", gBandwidth / 1e12);
+    const int n = 8192;
+    DeviceArray<bf16> A(size_t(n) * n), B(size_t(n) * n), C(size_t(n) * n);
+    fillRandom(A, rng, 1.f);
+    fillRandom(B, rng, 1.f);
+    const double gms = medianMs([&] {
+      gemm.run(false, true, n, n, n, 1.f, A, n, B, n, 0.f, C, cuda::OutType::BF16, n, nullptr);
+    }, 10);
+    gMatrixRate = 2.0 * n * n * double(n) / (gms * 1e-3);
+    std::printf("  bf16 gemm 8192^3 (%s): %.0f TFLOP/s\n", gemm.usesCublasLt() ? "cuBLASLt" : "fallback",
+                gMatrixRate / 1e12);
+  }
+  // LFM2-350M training shapes: 16 x 1024 tokens.
+  const int B = 16, T = 1024, rows = B * T, H = 1024, I = 4608, V = 65536, nh = 16, nkv = 8, hd = 64;
+  std::printf("\n== kernels at 16x1024 tokens, LFM2-350M sizes ==\n");
+  std::vector<uint8_t> mask(rows, 1);
+  std::vector<int32_t> ids(rows), positions(rows);
+  for (auto& id : ids) id = int32_t(rng.next() % V);
+  for (int r = 0; r < rows; ++r) positions[r] = r % T;
+  DeviceArray<uint8_t> dMask(rows);
+  DeviceArray<int32_t> dIds(rows), dPos(rows);
+  upload(dMask, mask);
+  upload(dIds, ids);
+  upload(dPos, positions);
+  DeviceArray<bf16> embed(size_t(V) * H), act(size_t(rows) * 2 * I), act2(size_t(rows) * 2 * I), act3(size_t(rows) * I);
+  DeviceArray<float> residual(size_t(rows) * H), dres(size_t(rows) * H), rstd(size_t(rows) * nh), dEmbed(size_t(V) * H),
+      dwSmall(I);
+  DeviceArray<bf16> wSmall(I);
+  fillRandom(embed, rng, 0.02f);
+  fillRandom(act, rng, 1.f);
+  fillRandom(act2, rng, 1.f);
+  fillRandom(residual, rng, 1.f);
+  fillRandom(wSmall, rng, 1.f);
+  cuda::fillF32(dres, dres.n, 0.f, nullptr);
+  cuda::fillF32(dEmbed, dEmbed.n, 0.f, nullptr);
+  cuda::fillF32(dwSmall, dwSmall.n, 0.f, nullptr);
+  const double b2 = 2, f4 = 4;  // bytes per bf16 / fp32
+  double ms;
+  ms = medianMs([&] { cuda::embeddingForward(dIds, embed, act3, rows, H, V, nullptr); });
+  addTiming("embedding fwd", ms, rows * H * b2 * 2, 0);
+  ms = medianMs([&] { cuda::embeddingBackward(dIds, act, nullptr, dEmbed, rows, H, V, nullptr); });
+  addTiming("embedding bwd (atomics)", ms, rows * H * (b2 + 2 * f4), 0);
+  ms = medianMs([&] { cuda::residualRmsNormForward(residual, act, residual, wSmall, act3, rstd, rows, H, 1e-5f, nullptr); });
+  addTiming("residual add + rmsnorm fwd", ms, rows * H * (2 * f4 + 2 * b2), 0);
+  ms = medianMs([&] { cuda::rmsNormBackward(act, residual, wSmall, rstd, dres, dwSmall, rows, H, nullptr); });
+  addTiming("rmsnorm bwd", ms, rows * H * (b2 + f4 + 2 * f4), 0);
+  ms = medianMs([&] { cuda::shortConvForward(act, wSmall, dMask, act3, B, T, H, nullptr); });
+  addTiming("shortconv fwd", ms, rows * H * (3 * b2 + b2), 0);
+  ms = medianMs([&] { cuda::shortConvBackward(act3, act, wSmall, dMask, act2, dwSmall, B, T, H, nullptr); });
+  addTiming("shortconv bwd", ms, rows * H * (b2 + 3 * b2 + 3 * b2), 0);
+  const int qkvW = (nh + 2 * nkv) * hd;
+  ms = medianMs([&] {
+    cuda::headNormRopeForward(act, qkvW, act3, nh * hd, wSmall, dPos, rstd, rows, nh, hd, 1e-5f, 1e6f, nullptr);
+  });
+  addTiming("q norm+rope fwd (16 heads)", ms, rows * nh * hd * 2 * b2, 0);
+  ms = medianMs([&] {
+    cuda::headNormRopeBackward(act2, nh * hd, act, qkvW, wSmall, dPos, rstd, act3, nh * hd, dwSmall, rows, nh, hd,
+                               1e6f, nullptr);
+  });
+  addTiming("q norm+rope bwd (16 heads)", ms, rows * nh * hd * 3 * b2, 0);
+  ms = medianMs([&] { cuda::swigluForward(act, act3, rows, I, nullptr); });
+  addTiming("swiglu fwd", ms, rows * I * 3 * b2, 0);
+  ms = medianMs([&] { cuda::swigluBackward(act3, act, act2, rows, I, nullptr); });
+  addTiming("swiglu bwd", ms, rows * I * 5 * b2, 0);
+
+  // Attention: q, k, v inside one fused [rows, (16+8+8)*64] buffer.
+  {
+    const cuda::AttentionShape shape{B, T, nh, nkv, hd};
+    const bf16 *Q = act.ptr, *K = act.ptr + nh * hd, *Vp = act.ptr + (nh + nkv) * hd;
+    DeviceArray<bf16> out(size_t(rows) * nh * hd), dout(size_t(rows) * nh * hd), dqkv(size_t(rows) * qkvW);
+    DeviceArray<float> lse(size_t(B) * nh * T), rowDot(size_t(B) * nh * T);
+    fillRandom(dout, rng, 1.f);
+    const double causalPairs = double(B) * nh * T * (T + 1) / 2.0;
+    const double fwdFlops = 4.0 * causalPairs * hd, bwdFlops = 10.0 * causalPairs * hd;  // FA2 accounting
+    for (bool tc : {false, true}) {
+      const AttnForwardFn attnForward = tc ? cuda::attentionForward : cuda::attentionForwardSimt;
+      const AttnBackwardFn attnBackward = tc ? cuda::attentionBackward : cuda::attentionBackwardSimt;
+      ms = medianMs([&] { attnForward(Q, qkvW, K, qkvW, Vp, qkvW, dMask, out, lse, shape, nullptr); }, 5);
+      addTiming(tc ? "attention fwd (tensor cores)" : "attention fwd (SIMT)", ms, 0, fwdFlops);
+      ms = medianMs([&] {
+        attnBackward(Q, qkvW, K, qkvW, Vp, qkvW, dMask, out, dout, lse, dqkv.ptr, qkvW, dqkv.ptr + nh * hd, qkvW,
+                     dqkv.ptr + (nh + nkv) * hd, qkvW, rowDot, shape, nullptr);
+      }, 5);
+      addTiming(tc ? "attention bwd (tensor cores)" : "attention bwd (SIMT)", ms, 0, bwdFlops);
+    }
+  }
+
+  // GEMMs of one LFM2 layer at these sizes (Linear y = x W^T and its two gradients).
+  {
+    DeviceArray<bf16> x(size_t(rows) * I), w(size_t(2 * I) * H), y(size_t(rows) * 2 * I);
+    DeviceArray<float> dw(size_t(2 * I) * H);
+    fillRandom(x, rng, 1.f);
+    fillRandom(w, rng, 0.02f);
+    cuda::fillF32(dw, dw.n, 0.f, nullptr);
+    struct G {
+      const char* name;
+      int in, out;
+    } shapes[] = {{"conv in_proj 1024->3072", H, 3 * H}, {"w1|w3 1024->9216", H, 2 * I}, {"w2 4608->1024", I, H},
+                  {"out_proj 1024->1024", H, H}};
+    for (const auto& g : shapes) {
+      const double flops = 2.0 * rows * g.in * double(g.out);
+      ms = medianMs([&] {
+        gemm.run(false, true, rows, g.out, g.in, 1.f, x, g.in, w, g.in, 0.f, y, cuda::OutType::BF16, g.out, nullptr);
+      });
+      addTiming(std::string("gemm fwd ") + g.name, ms, 0, flops);
+      ms = medianMs([&] {
+        gemm.run(false, false, rows, g.in, g.out, 1.f, y, g.out, w, g.in, 0.f, x, cuda::OutType::BF16, g.in, nullptr);
+      });
+      addTiming(std::string("gemm dX ") + g.name, ms, 0, flops);
+      ms = medianMs([&] {
+        gemm.run(true, false, g.out, g.in, rows, 1.f, y, g.out, x, g.in, 1.f, dw, cuda::OutType::F32, g.in, nullptr);
+      });
+      addTiming(std::string("gemm dW+= ") + g.name, ms, 0, flops);
+    }
+  }
+
+  // lm_head + logprob over all 16384 positions, chunks of 4096 rows.
+  {
+    const int chunk = 4096;
+    DeviceArray<float> logits(size_t(chunk) * V), lp(rows), ent(rows), lse(rows), dlp(rows);
+    DeviceArray<bf16> dlogits(size_t(chunk) * V), hidden(size_t(rows) * H), dhidden(size_t(rows) * H);
+    fillRandom(hidden, rng, 1.f);
+    fillRandom(dlp, rng, 1.f);
+    const double flops = 2.0 * rows * double(H) * V;
+    ms = medianMs([&] {
+      cuda::lmHeadLogprobForward(gemm, hidden, embed, dIds, 1.f, {}, logits, chunk, lp, ent, lse, rows, H, V, nullptr);
+    }, 5);
+    addTiming("lm_head+logprob fwd (chunk 4096)", ms, rows * double(V) * f4 * 2, flops);
+    ms = medianMs([&] {
+      cuda::lmHeadLogprobBackward(gemm, hidden, embed, dIds, 1.f, {}, lse, dlp, logits, dlogits, chunk, dhidden,
+                                  dEmbed, rows, H, V, nullptr);
+    }, 5);
+    addTiming("lm_head+logprob bwd (recompute)", ms, rows * double(V) * (f4 * 2 + b2 * 3), 4 * flops);
+  }
+
+  // AdamW over all 354,483,968 parameters.
+  {
+    const int64_t n = 354483968;
+    DeviceArray<float> p(n), g(n), m(n), v(n), partials(cuda::sumSquaresPartialCount()), sum(1);
+    DeviceArray<bf16> copy(n);
+    cuda::fillF32(p, n, 0.01f, nullptr);
+    cuda::fillF32(g, n, 0.001f, nullptr);
+    cuda::fillF32(m, n, 0.f, nullptr);
+    cuda::fillF32(v, n, 0.f, nullptr);
+    cuda::AdamWHyper hp{1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 1, 1.f};
+    ms = medianMs([&] { cuda::adamwStep(p, copy, g, m, v, n, hp, nullptr); }, 10);
+    addTiming("adamw (354M params, fp32 master + bf16)", ms, n * (f4 * 7 + b2), 0);
+    ms = medianMs([&] { cuda::sumSquares(g, n, partials, sum, nullptr); }, 10);
+    addTiming("grad sum of squares (354M)", ms, n * f4, 0);
+  }
+}
+
+int main(int argc, char** argv) {
+  bool timing = true;
+  uint64_t seed = 1234;
+  std::string only;  // --only attention: just that family's checks (e.g. under compute-sanitizer)
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--no-timing")) timing = false;
+    else if (!std::strcmp(argv[i], "--seed") && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: check_kernels [--no-timing] [--seed N] [--only attention]\n");
+      return 2;
+    }
+  }
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.0f GiB\n", prop.name, prop.multiProcessorCount,
+              prop.totalGlobalMem / 1073741824.0);
+  Rng rng{seed};
+  cuda::Gemm gemm;
+  cuda::Gemm fallback(0, true);
+  std::printf("gemm backend: %s %s\n", gemm.usesCublasLt() ? "cuBLASLt" : "fallback kernel", gemm.fallbackReason());
+
+  std::printf("\n== correctness vs the fp32 CPU ops (seed %llu) ==\n", (unsigned long long)seed);
+  // Small model, odd sizes, left padding, a fully padded-to-one-token sequence.
+  const Shape small{3, 77, 256, 4, 2, 64, 520, 1000, {77, 50, 1}};
+  // LFM2-350M widths with a short sequence crossing the attention tiles (128 rows, 64 keys).
+  const Shape wide{2, 200, 1024, 16, 8, 64, 4608, 65536, {200, 131}};
+  const bool all = only.empty();
+  if (all) {
+    checkEmbedding(rng, small);
+    checkRmsNorm(rng, small);
+    checkRmsNorm(rng, wide);
+    checkShortConv(rng, small);
+    checkShortConv(rng, wide);
+    checkHeadNormRope(rng, small);
+    checkHeadNormRope(rng, wide);
+    checkSwiglu(rng, small);
+    checkSwiglu(rng, wide);
+  }
+  if (all || only == "attention") {
+    for (bool tc : {false, true}) {
+      checkAttention(rng, small, "small", tc);
+      checkAttention(rng, wide, "350M-heads T=200", tc);
+    }
+  }
+  if (all) {
+    checkGemm(rng, gemm, gemm.usesCublasLt() ? "cublasLt" : "fallback");
+    checkGemm(rng, fallback, "fallback");
+    checkLmHead(rng, gemm, 100, 256, 1000, false, "small");
+    checkLmHead(rng, gemm, 100, 256, 1000, true, "small constrained");
+    checkLmHead(rng, gemm, 40, 1024, 65536, false, "350M vocab");
+    checkAdamW(rng);
+  }
+  if (checks.empty()) {
+    std::fprintf(stderr, "no checks match --only %s\n", only.c_str());
+    return 2;
+  }
+  CHECK_CUDA(cudaDeviceSynchronize());
+
+  if (timing) runTimings(rng, gemm);
+
+  int failed = 0;
+  for (const auto& c : checks) failed += !c.pass;
+  std::printf("\n== summary ==\n");
+  if (!timings.empty()) {
+    std::printf("%-44s %10s %10s %6s\n", "kernel", "ms", "floor ms", "%floor");
+    for (const auto& t : timings)
+      std::printf("%-44s %10.3f %10.3f %5.1f%%\n", t.name.c_str(), t.ms, t.floorMs, 100.0 * t.floorMs / t.ms);
+  }
+  for (const auto& c : checks)
+    if (!c.pass) std::printf("FAILED: %s (rel.err %.3e > %.0e)\n", c.name.c_str(), c.relError, c.tolerance);
+  std::printf("%d passed, %d failed\n", int(checks.size()) - failed, failed);
+  return failed ? 1 : 0;
+}
