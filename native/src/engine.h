@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,7 @@ struct ScoreArgs {
   const int32_t* allowedOffsets = nullptr;  // [scored+1] or null
   const int32_t* allowedTokens = nullptr;
   bool keepActivations = false;
+  bool adapters = true;                     // false: the base model alone (LoRA's frozen reference policy)
 };
 
 struct ScoreOutput {
@@ -97,6 +99,17 @@ struct GenerateArgs {
   std::vector<std::shared_ptr<const TokenTrieView>> constraints;
 };
 
+// LoRA as PEFT does it: lora_A [rank, in] (Kaiming-uniform), lora_B [out, rank] (zeros), y = W x + s·B(A x) with
+// s = alpha/rank (alpha/sqrt(rank) for rsLoRA). targets are module names: q_proj k_proj v_proj out_proj (attention),
+// in_proj out_proj (short conv), w1 w2 w3 (MLP); each must match some layer.
+struct LoraConfig {
+  int64_t rank = 8;
+  float alpha = 16;
+  bool rslora = false;
+  std::vector<std::string> targets;
+  uint64_t seed = 0;
+};
+
 enum class FinishReason { Stop, Length, Constraint };
 
 struct GenerateOutput {
@@ -129,6 +142,15 @@ class Engine {
   virtual double gradNorm() = 0;
   virtual void adamwStep(const AdamWArgs& args) = 0;
   virtual std::vector<GenerateOutput> generate(const GenerateArgs& args) = 0;
+
+  // Adds LoRA adapters and freezes the base weights: from then on gradients, gradNorm and adamwStep cover the
+  // adapters only, and the parameter accessors also take adapter names (trainableInfo() lists them).
+  virtual void enableLora(const LoraConfig&) {
+    throw std::runtime_error(std::string("enableLora: LoRA is not implemented on the ") + deviceName(device()) +
+                             " backend yet");
+  }
+  // The tensors that train: the adapters in LoRA mode, else every parameter.
+  virtual std::vector<ParameterInfo> trainableInfo() const { return parameterInfo(); }
 };
 
 // The transformers tensor table of an LFM2 config, in checkpoint order (no lm_head.weight when tied).

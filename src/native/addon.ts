@@ -51,6 +51,8 @@ export interface ScoreRequest extends TokenBatch {
   allowed?: AllowedTokens;
   /** Keep activations so that backward() can follow. */
   keepActivations: boolean;
+  /** false: score with the base model alone, LoRA adapters off (the frozen reference). Default true. */
+  adapters?: boolean;
 }
 
 export interface ScoreResult {
@@ -113,9 +115,29 @@ export interface ParameterInfo {
   shape: number[];
 }
 
+/** LoRA as PEFT does it (dropout 0): see native/src/engine.h, LoraConfig. */
+export interface LoraOptions {
+  rank: number;
+  alpha: number;
+  /** Scale alpha/sqrt(rank) instead of alpha/rank. */
+  rslora: boolean;
+  /** Module names: q_proj k_proj v_proj out_proj in_proj w1 w2 w3; each must match some layer. */
+  targets: string[];
+  /** Seeds lora_A's Kaiming-uniform init (lora_B starts at zero). */
+  seed: number;
+}
+
 export interface NativeModel {
   readonly backend: Backend;
+  /** The Hugging Face tensor table (base weights). */
   parameterInfo(): ParameterInfo[];
+  /** The tensors that gradients and AdamW cover: every parameter, or the adapters after enableLora(). */
+  trainableInfo(): ParameterInfo[];
+  /**
+   * Adds adapters named `<module>.lora_A.weight` [rank, in] and `<module>.lora_B.weight` [out, rank] and freezes
+   * the base. The parameter accessors take adapter names too.
+   */
+  enableLora(options: LoraOptions): void;
   /** Copies (and converts) the tensor into the named parameter. */
   setParameter(name: string, value: NativeTensor): void;
   getParameter(name: string): NativeTensor;

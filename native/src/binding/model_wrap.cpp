@@ -151,6 +151,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                        {
                            InstanceAccessor<&ModelWrap::backend>("backend"),
                            InstanceMethod<&ModelWrap::parameterInfo>("parameterInfo"),
+                           InstanceMethod<&ModelWrap::trainableInfo>("trainableInfo"),
+                           InstanceMethod<&ModelWrap::enableLora>("enableLora"),
                            InstanceMethod<&ModelWrap::setParameter>("setParameter"),
                            InstanceMethod<&ModelWrap::getParameter>("getParameter"),
                            InstanceMethod<&ModelWrap::getGradient>("getGradient"),
@@ -204,10 +206,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     return Napi::String::New(info.Env(), deviceName(device_));
   }
 
-  Napi::Value parameterInfo(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), "parameterInfo", [&]() -> Napi::Value {
-      Napi::Env env = info.Env();
-      std::vector<ParameterInfo> table = ready("parameterInfo()").parameterInfo();
+  static Napi::Array tableToJs(Napi::Env env, const std::vector<ParameterInfo>& table) {
       auto array = Napi::Array::New(env, table.size());
       for (size_t i = 0; i < table.size(); i++) {
         auto entry = Napi::Object::New(env);
@@ -218,6 +217,35 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
         array.Set(uint32_t(i), entry);
       }
       return array;
+  }
+
+  Napi::Value parameterInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "parameterInfo", [&]() -> Napi::Value {
+      return tableToJs(info.Env(), ready("parameterInfo()").parameterInfo());
+    });
+  }
+
+  Napi::Value trainableInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "trainableInfo", [&]() -> Napi::Value {
+      return tableToJs(info.Env(), ready("trainableInfo()").trainableInfo());
+    });
+  }
+
+  Napi::Value enableLora(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "enableLora", [&]() -> Napi::Value {
+      Napi::Object o = requireObject(info[0], "enableLora: options");
+      LoraConfig lc;
+      lc.rank = requireInteger(o.Get("rank"), "enableLora: rank", 1, 1 << 20);
+      lc.alpha = float(requireNumber(o.Get("alpha"), "enableLora: alpha"));
+      lc.rslora = requireBoolean(o.Get("rslora"), "enableLora: rslora");
+      lc.seed = uint64_t(requireInteger(o.Get("seed"), "enableLora: seed", 0, int64_t(1) << 53));
+      Napi::Value targets = o.Get("targets");
+      if (!targets.IsArray()) throw std::invalid_argument("enableLora: targets must be an array of module names");
+      auto array = targets.As<Napi::Array>();
+      for (uint32_t i = 0; i < array.Length(); i++)
+        lc.targets.push_back(requireString(array.Get(i), "enableLora: targets[" + std::to_string(i) + "]"));
+      ready("enableLora()").enableLora(lc);
+      return info.Env().Undefined();
     });
   }
 
@@ -317,6 +345,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       in->args.scoreMask = in->scoreMask.data();
       in->args.temperature = float(requireNumber(req.Get("temperature"), "score: temperature"));
       in->args.keepActivations = requireBoolean(req.Get("keepActivations"), "score: keepActivations");
+      Napi::Value adapters = req.Get("adapters");
+      if (!adapters.IsUndefined()) in->args.adapters = requireBoolean(adapters, "score: adapters");
       Napi::Value allowed = req.Get("allowed");
       if (!allowed.IsUndefined() && !allowed.IsNull()) {
         Napi::Object a = requireObject(allowed, "score: allowed");

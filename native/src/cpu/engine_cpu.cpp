@@ -44,6 +44,7 @@ struct Activations {
   vector<int32_t> allowedOffsets, allowedTokens;
   bool hasAllowed = false;
   float temperature = 1.0f;
+  bool adapters = true;  // LoRA adapters applied in this forward
 };
 
 // Decoding state of one sequence.
@@ -110,35 +111,104 @@ class CpuEngine final : public Engine {
   const ModelConfig& config() const override { return cfg_; }
   std::vector<ParameterInfo> parameterInfo() const override { return table_; }
 
+  std::vector<ParameterInfo> trainableInfo() const override { return loraEnabled_ ? loraTable_ : table_; }
+
   void setParameter(const std::string& name, const Tensor& value) override {
-    size_t i = lookup("setParameter", name);
-    checkShape("setParameter", name, table_[i].shape, value.shape());
+    Located t = locate("setParameter", name);
+    checkShape("setParameter", name, t.shape, value.shape());
     vector<float> data = value.toFloat32();
-    std::memcpy(params_.data() + offsets_[i], data.data(), data.size() * sizeof(float));
+    std::memcpy(t.arenas.params->data() + t.offset, data.data(), data.size() * sizeof(float));
   }
 
   Tensor getParameter(const std::string& name) const override {
-    size_t i = lookup("getParameter", name);
-    return Tensor::fromFloat32(params_.data() + offsets_[i], numels_[i], table_[i].shape, DType::F32, Device::CPU);
+    Located t = locate("getParameter", name);
+    return Tensor::fromFloat32(t.arenas.params->data() + t.offset, t.numel, t.shape, DType::F32, Device::CPU);
   }
 
   Tensor getGradient(const std::string& name) const override {
-    size_t i = lookup("getGradient", name);
-    return arenaTensor(grads_, i);
+    return arenaTensor(locate("getGradient", name), *locate("getGradient", name).arenas.grads);
   }
 
   Tensor getOptimizerState(const std::string& name, char which) const override {
-    size_t i = lookup("getOptimizerState", name);
-    return arenaTensor(which == 'm' ? adamM_ : adamV_, i);
+    Located t = locate("getOptimizerState", name);
+    return arenaTensor(t, which == 'm' ? *t.arenas.m : *t.arenas.v);
   }
 
   void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
-    size_t i = lookup("setOptimizerState", name);
-    checkShape("setOptimizerState", name, table_[i].shape, value.shape());
+    Located t = locate("setOptimizerState", name);
+    checkShape("setOptimizerState", name, t.shape, value.shape());
     ensureOptimizerState();
     vector<float> data = value.toFloat32();
-    vector<float>& arena = which == 'm' ? adamM_ : adamV_;
-    std::memcpy(arena.data() + offsets_[i], data.data(), data.size() * sizeof(float));
+    vector<float>& arena = which == 'm' ? *t.arenas.m : *t.arenas.v;
+    std::memcpy(arena.data() + t.offset, data.data(), data.size() * sizeof(float));
+  }
+
+  void enableLora(const LoraConfig& lc) override {
+    if (loraEnabled_) throw std::runtime_error("enableLora: this model already has LoRA adapters");
+    if (lc.rank < 1) throw std::invalid_argument("enableLora: rank must be >= 1, got " + std::to_string(lc.rank));
+    if (!(lc.alpha > 0)) throw std::invalid_argument("enableLora: alpha must be > 0");
+    if (lc.targets.empty()) throw std::invalid_argument("enableLora: targets is empty");
+    static const char* kModules[] = {"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"};
+    for (const std::string& t : lc.targets)
+      if (std::find(std::begin(kModules), std::end(kModules), t) == std::end(kModules))
+        throw std::invalid_argument("enableLora: target '" + t + "' is not an LFM2 linear layer (q_proj, k_proj, v_proj, "
+                                    "out_proj, in_proj, w1, w2, w3)");
+    auto wanted = [&](const char* module) {
+      return std::find(lc.targets.begin(), lc.targets.end(), module) != lc.targets.end();
+    };
+    std::unordered_map<std::string, bool> matched;
+    int64_t total = 0;
+    vector<std::pair<int64_t, std::string>> chosen;  // (base offset, base name without ".weight")
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      vector<std::pair<const char*, std::string>> modules = {
+          {"w1", "feed_forward.w1"}, {"w2", "feed_forward.w2"}, {"w3", "feed_forward.w3"}};
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        modules.insert(modules.begin(), {{"in_proj", "conv.in_proj"}, {"out_proj", "conv.out_proj"}});
+      } else {
+        modules.insert(modules.begin(), {{"q_proj", "self_attn.q_proj"}, {"k_proj", "self_attn.k_proj"},
+                                         {"v_proj", "self_attn.v_proj"}, {"out_proj", "self_attn.out_proj"}});
+      }
+      for (auto& [module, path] : modules) {
+        if (!wanted(module)) continue;
+        matched[module] = true;
+        chosen.push_back({offsetOf(p + path + ".weight"), p + path});
+      }
+    }
+    for (const std::string& t : lc.targets)
+      if (!matched.count(t))
+        throw std::invalid_argument("enableLora: target '" + t + "' matches no layer of this model");
+    for (auto& [offset, base] : chosen) {
+      const vector<int64_t>& shape = table_[index_.at(base + ".weight")].shape;  // [out, in]
+      LoraSlot slot;
+      for (const char* which : {"lora_A", "lora_B"}) {
+        ParameterInfo info{base + "." + which + ".weight",
+                           which[5] == 'A' ? vector<int64_t>{lc.rank, shape[1]} : vector<int64_t>{shape[0], lc.rank}};
+        loraIndex_[info.name] = loraTable_.size();
+        loraOffsets_.push_back(total);
+        loraNumels_.push_back(shapeNumel(info.shape));
+        (which[5] == 'A' ? slot.a : slot.b) = total;
+        total += loraNumels_.back();
+        loraTable_.push_back(std::move(info));
+      }
+      loraOf_[offset] = slot;
+    }
+    lora_.assign(total, 0.0f);
+    // PEFT's init: A ~ Kaiming-uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the model is unchanged.
+    for (size_t i = 0; i < loraTable_.size(); i += 2) {
+      const int64_t in = loraTable_[i].shape[1];
+      const double bound = 1.0 / std::sqrt(double(in));
+      uint64_t rng = cpu::rng_seed_for(lc.seed, i / 2);
+      float* a = lora_.data() + loraOffsets_[i];
+      for (int64_t j = 0; j < loraNumels_[i]; j++) a[j] = float((2 * cpu::rng_uniform(rng) - 1) * bound);
+    }
+    loraRank_ = lc.rank;
+    loraScale_ = lc.rslora ? float(lc.alpha / std::sqrt(double(lc.rank))) : float(lc.alpha / double(lc.rank));
+    loraEnabled_ = true;
+    // The base is frozen: its gradients and moments are no longer needed.
+    vector<float>().swap(grads_);
+    vector<float>().swap(adamM_);
+    vector<float>().swap(adamV_);
   }
 
   void initRandom(uint64_t seed, float initializerRange) override {
@@ -217,6 +287,7 @@ class CpuEngine final : public Engine {
       }
     }
     acts->temperature = args.temperature;
+    acts->adapters = args.adapters;
     forward(batch, *acts, args.keepActivations);
     vector<float> hidden = gatherRows(acts->xFinal, acts->scoredRows, H);
     ScoreOutput out;
@@ -234,6 +305,8 @@ class CpuEngine final : public Engine {
     setThreads();
     if (!saved_) throw std::runtime_error("backward: no activations kept; call score() with keepActivations: true first");
     Activations& a = *saved_;
+    if (loraEnabled_ && !a.adapters)
+      throw std::runtime_error("backward: the last score() ran with adapters: false; the adapters get no gradient from it");
     const int64_t S = int64_t(a.scoredRows.size());
     if (count != S)
       throw std::invalid_argument("backward: dLogprobs has " + std::to_string(count) + " values, the last score() scored " +
@@ -258,50 +331,52 @@ class CpuEngine final : public Engine {
       LayerActivations& la = a.layers[l];
       // Feed forward: x_out = x_mid + w2(silu(w1 f) * w3 f), f = ffn_norm(x_mid).
       vector<float> dAct(N * I, 0.0f), dGate(N * I, 0.0f), dUp(N * I, 0.0f), dFfnIn(N * H, 0.0f);
-      cpu::matmul_backward(dAct.data(), G(lo.w2), dx.data(), la.act.data(), P(lo.w2), N, I, H);
+      linearBackward(dAct.data(), lo.w2, dx.data(), la.act.data(), N, I, H);
       cpu::swiglu_backward(dGate.data(), dUp.data(), dAct.data(), la.gate.data(), la.up.data(), N * I);
-      cpu::matmul_backward(dFfnIn.data(), G(lo.w1), dGate.data(), la.ffnIn.data(), P(lo.w1), N, H, I);
-      cpu::matmul_backward(dFfnIn.data(), G(lo.w3), dUp.data(), la.ffnIn.data(), P(lo.w3), N, H, I);
+      linearBackward(dFfnIn.data(), lo.w1, dGate.data(), la.ffnIn.data(), N, H, I);
+      linearBackward(dFfnIn.data(), lo.w3, dUp.data(), la.ffnIn.data(), N, H, I);
       cpu::rmsnorm_backward(dx.data(), G(lo.ffnNorm), dFfnIn.data(), la.xMid.data(), P(lo.ffnNorm), la.rstdFfn.data(), N, H);
       // Operator: x_mid = x_in + op(operator_norm(x_in)).
       vector<float> dNormed(N * H, 0.0f);
       if (cfg_.layerTypes[l] == LayerKind::Conv) {
         vector<float> dY(N * H, 0.0f), dBcx(N * 3 * H, 0.0f), dConv(N * H, 0.0f), dBx(N * H, 0.0f);
-        cpu::matmul_backward(dY.data(), G(lo.outProj), dx.data(), la.y.data(), P(lo.outProj), N, H, H);
+        linearBackward(dY.data(), lo.outProj, dx.data(), la.y.data(), N, H, H);
         cpu::conv_gate_out_backward(dBcx.data(), dConv.data(), dY.data(), la.bcx.data(), la.conv.data(), N, H);
         cpu::causal_conv_backward(dBx.data(), G(lo.convWeight), dConv.data(), la.bx.data(), P(lo.convWeight), B, T, H, K);
         cpu::conv_gate_in_backward(dBcx.data(), dBx.data(), la.bcx.data(), N, H);
-        cpu::matmul_backward(dNormed.data(), G(lo.inProj), dBcx.data(), la.normed.data(), P(lo.inProj), N, H, 3 * H);
+        linearBackward(dNormed.data(), lo.inProj, dBcx.data(), la.normed.data(), N, H, 3 * H);
         cpu::mask_rows(dNormed.data(), a.mask.data(), N, H);
       } else {
         vector<float> dAttn(N * qDim, 0.0f), dq(N * qDim, 0.0f), dk(N * kvDim, 0.0f), dv(N * kvDim, 0.0f);
         vector<float> dqRaw(N * qDim, 0.0f), dkRaw(N * kvDim, 0.0f);
-        cpu::matmul_backward(dAttn.data(), G(lo.o), dx.data(), la.attn.data(), P(lo.o), N, qDim, H);
+        linearBackward(dAttn.data(), lo.o, dx.data(), la.attn.data(), N, qDim, H);
         cpu::attention_backward(dq.data(), dk.data(), dv.data(), dAttn.data(), la.attn.data(), la.lse.data(), la.q.data(),
                                 la.k.data(), la.v.data(), a.mask.data(), B, T, nh, nkv, hd);
         cpu::rope_backward(dq.data(), a.positions.data(), N, nh, hd, cfg_.ropeTheta);
         cpu::rope_backward(dk.data(), a.positions.data(), N, nkv, hd, cfg_.ropeTheta);
         cpu::rmsnorm_backward(dqRaw.data(), G(lo.qNorm), dq.data(), la.qRaw.data(), P(lo.qNorm), la.rstdQ.data(), N * nh, hd);
         cpu::rmsnorm_backward(dkRaw.data(), G(lo.kNorm), dk.data(), la.kRaw.data(), P(lo.kNorm), la.rstdK.data(), N * nkv, hd);
-        cpu::matmul_backward(dNormed.data(), G(lo.q), dqRaw.data(), la.normed.data(), P(lo.q), N, H, qDim);
-        cpu::matmul_backward(dNormed.data(), G(lo.k), dkRaw.data(), la.normed.data(), P(lo.k), N, H, kvDim);
-        cpu::matmul_backward(dNormed.data(), G(lo.v), dv.data(), la.normed.data(), P(lo.v), N, H, kvDim);
+        linearBackward(dNormed.data(), lo.q, dqRaw.data(), la.normed.data(), N, H, qDim);
+        linearBackward(dNormed.data(), lo.k, dkRaw.data(), la.normed.data(), N, H, kvDim);
+        linearBackward(dNormed.data(), lo.v, dv.data(), la.normed.data(), N, H, kvDim);
       }
       cpu::rmsnorm_backward(dx.data(), G(lo.operatorNorm), dNormed.data(), la.xIn.data(), P(lo.operatorNorm),
                             la.rstdOp.data(), N, H);
     }
-    cpu::embedding_backward(G(embedding_), dx.data(), a.tokens.data(), N, H);
+    if (float* dTable = G(embedding_)) cpu::embedding_backward(dTable, dx.data(), a.tokens.data(), N, H);
   }
 
   void zeroGrad() override {
-    if (grads_.empty()) grads_.assign(params_.size(), 0.0f);
-    else std::fill(grads_.begin(), grads_.end(), 0.0f);
+    Arenas t = trainable();
+    if (t.grads->empty()) t.grads->assign(t.params->size(), 0.0f);
+    else std::fill(t.grads->begin(), t.grads->end(), 0.0f);
   }
 
   double gradNorm() override {
     setThreads();
-    if (grads_.empty()) return 0.0;
-    return std::sqrt(cpu::sum_squares(grads_.data(), int64_t(grads_.size())));
+    Arenas t = trainable();
+    if (t.grads->empty()) return 0.0;
+    return std::sqrt(cpu::sum_squares(t.grads->data(), int64_t(t.grads->size())));
   }
 
   void adamwStep(const AdamWArgs& args) override {
@@ -312,7 +387,8 @@ class CpuEngine final : public Engine {
     if (!(args.eps > 0)) throw std::invalid_argument("adamwStep: eps must be > 0");
     ensureGradients();
     ensureOptimizerState();
-    cpu::adamw_step(params_.data(), grads_.data(), adamM_.data(), adamV_.data(), int64_t(params_.size()), args.lr,
+    Arenas t = trainable();
+    cpu::adamw_step(t.params->data(), t.grads->data(), t.m->data(), t.v->data(), int64_t(t.params->size()), args.lr,
                     args.beta1, args.beta2, args.eps, args.weightDecay, args.step, args.gradScale);
   }
 
@@ -345,24 +421,77 @@ class CpuEngine final : public Engine {
                                   ", got " + shapeToString(got));
   }
 
-  Tensor arenaTensor(const vector<float>& arena, size_t i) const {
-    if (arena.empty()) {
-      vector<float> zeros(numels_[i], 0.0f);
-      return Tensor::fromFloat32(zeros.data(), zeros.size(), table_[i].shape, DType::F32, Device::CPU);
+  // The four arenas of a set of tensors (the base's, or the adapters').
+  struct Arenas {
+    vector<float>* params;
+    vector<float>* grads;
+    vector<float>* m;
+    vector<float>* v;
+  };
+  Arenas baseArenas() const {
+    auto* self = const_cast<CpuEngine*>(this);
+    return {&self->params_, &self->grads_, &self->adamM_, &self->adamV_};
+  }
+  Arenas loraArenas() const {
+    auto* self = const_cast<CpuEngine*>(this);
+    return {&self->lora_, &self->loraGrads_, &self->loraM_, &self->loraV_};
+  }
+  Arenas trainable() const { return loraEnabled_ ? loraArenas() : baseArenas(); }
+
+  // A named tensor: a base parameter or an adapter.
+  struct Located {
+    Arenas arenas;
+    int64_t offset, numel;
+    vector<int64_t> shape;
+  };
+  Located locate(const char* method, const std::string& name) const {
+    auto it = loraIndex_.find(name);
+    if (it != loraIndex_.end())
+      return {loraArenas(), loraOffsets_[it->second], loraNumels_[it->second], loraTable_[it->second].shape};
+    size_t i = lookup(method, name);
+    return {baseArenas(), offsets_[i], numels_[i], table_[i].shape};
+  }
+
+  static Tensor arenaTensor(const Located& t, const vector<float>& arena) {
+    if (arena.empty()) {  // never written: zeros
+      vector<float> zeros(t.numel, 0.0f);
+      return Tensor::fromFloat32(zeros.data(), zeros.size(), t.shape, DType::F32, Device::CPU);
     }
-    return Tensor::fromFloat32(arena.data() + offsets_[i], numels_[i], table_[i].shape, DType::F32, Device::CPU);
+    return Tensor::fromFloat32(arena.data() + t.offset, t.numel, t.shape, DType::F32, Device::CPU);
   }
 
   void ensureGradients() {
-    if (grads_.empty()) grads_.assign(params_.size(), 0.0f);
+    Arenas t = trainable();
+    if (t.grads->empty()) t.grads->assign(t.params->size(), 0.0f);
   }
   void ensureOptimizerState() {
-    if (adamM_.empty()) adamM_.assign(params_.size(), 0.0f);
-    if (adamV_.empty()) adamV_.assign(params_.size(), 0.0f);
+    Arenas t = trainable();
+    if (t.m->empty()) t.m->assign(t.params->size(), 0.0f);
+    if (t.v->empty()) t.v->assign(t.params->size(), 0.0f);
   }
 
   float* P(int64_t offset) { return params_.data() + offset; }
-  float* G(int64_t offset) { return grads_.data() + offset; }
+  // A base parameter's gradient, or null when the base is frozen (LoRA): ops then skip that gradient.
+  float* G(int64_t offset) { return loraEnabled_ ? nullptr : grads_.data() + offset; }
+
+  // y = x·Wᵀ (+ the adapter's s·B(A x) when W has one and adapters are on). W is the base weight at wOffset.
+  void linearForward(float* y, const float* x, int64_t wOffset, int64_t rows, int64_t in, int64_t out, bool adapters) {
+    cpu::matmul_forward(y, x, P(wOffset), rows, in, out);
+    if (!adapters || !loraEnabled_) return;
+    auto it = loraOf_.find(wOffset);
+    if (it == loraOf_.end()) return;
+    cpu::lora_forward(y, x, lora_.data() + it->second.a, lora_.data() + it->second.b, rows, in, out, loraRank_, loraScale_);
+  }
+  // Backward of linearForward with adapters on: dx always, W's gradient unless frozen, the adapter's if any.
+  void linearBackward(float* dx, int64_t wOffset, const float* dy, const float* x, int64_t rows, int64_t in, int64_t out) {
+    cpu::matmul_backward(dx, G(wOffset), dy, x, P(wOffset), rows, in, out);
+    if (!loraEnabled_) return;
+    auto it = loraOf_.find(wOffset);
+    if (it == loraOf_.end()) return;
+    const LoraSlot& slot = it->second;
+    cpu::lora_backward(dx, loraGrads_.data() + slot.a, loraGrads_.data() + slot.b, dy, x, lora_.data() + slot.a,
+                       lora_.data() + slot.b, rows, in, out, loraRank_, loraScale_);
+  }
 
   void setThreads() { omp_set_num_threads(threads_ > 0 ? threads_ : omp_get_num_procs()); }
 
@@ -413,11 +542,11 @@ class CpuEngine final : public Engine {
         la.bx.resize(N * H);
         la.conv.resize(N * H);
         la.y.resize(N * H);
-        cpu::matmul_forward(la.bcx.data(), la.normed.data(), P(lo.inProj), N, H, 3 * H);
+        linearForward(la.bcx.data(), la.normed.data(), lo.inProj, N, H, 3 * H, a.adapters);
         cpu::conv_gate_in_forward(la.bx.data(), la.bcx.data(), N, H);
         cpu::causal_conv_forward(la.conv.data(), la.bx.data(), P(lo.convWeight), B, T, H, cfg_.convKernel);
         cpu::conv_gate_out_forward(la.y.data(), la.bcx.data(), la.conv.data(), N, H);
-        cpu::matmul_forward(delta.data(), la.y.data(), P(lo.outProj), N, H, H);
+        linearForward(delta.data(), la.y.data(), lo.outProj, N, H, H, a.adapters);
       } else {
         la.qRaw.resize(N * qDim);
         la.kRaw.resize(N * kvDim);
@@ -428,16 +557,16 @@ class CpuEngine final : public Engine {
         la.rstdK.resize(N * nkv);
         la.attn.resize(N * qDim);
         la.lse.resize(B * nh * T);
-        cpu::matmul_forward(la.qRaw.data(), la.normed.data(), P(lo.q), N, H, qDim);
-        cpu::matmul_forward(la.kRaw.data(), la.normed.data(), P(lo.k), N, H, kvDim);
-        cpu::matmul_forward(la.v.data(), la.normed.data(), P(lo.v), N, H, kvDim);
+        linearForward(la.qRaw.data(), la.normed.data(), lo.q, N, H, qDim, a.adapters);
+        linearForward(la.kRaw.data(), la.normed.data(), lo.k, N, H, kvDim, a.adapters);
+        linearForward(la.v.data(), la.normed.data(), lo.v, N, H, kvDim, a.adapters);
         cpu::rmsnorm_forward(la.q.data(), la.rstdQ.data(), la.qRaw.data(), P(lo.qNorm), N * nh, hd, cfg_.normEps);
         cpu::rmsnorm_forward(la.k.data(), la.rstdK.data(), la.kRaw.data(), P(lo.kNorm), N * nkv, hd, cfg_.normEps);
         cpu::rope_forward(la.q.data(), a.positions.data(), N, nh, hd, cfg_.ropeTheta);
         cpu::rope_forward(la.k.data(), a.positions.data(), N, nkv, hd, cfg_.ropeTheta);
         cpu::attention_forward(la.attn.data(), la.lse.data(), la.q.data(), la.k.data(), la.v.data(), a.mask.data(), B, T,
                                nh, nkv, hd);
-        cpu::matmul_forward(delta.data(), la.attn.data(), P(lo.o), N, qDim, H);
+        linearForward(delta.data(), la.attn.data(), lo.o, N, qDim, H, a.adapters);
       }
       cpu::residual_add(x.data(), delta.data(), N * H);
       la.xMid = x;
@@ -447,10 +576,10 @@ class CpuEngine final : public Engine {
       la.up.resize(N * I);
       la.act.resize(N * I);
       cpu::rmsnorm_forward(la.ffnIn.data(), la.rstdFfn.data(), x.data(), P(lo.ffnNorm), N, H, cfg_.normEps);
-      cpu::matmul_forward(la.gate.data(), la.ffnIn.data(), P(lo.w1), N, H, I);
-      cpu::matmul_forward(la.up.data(), la.ffnIn.data(), P(lo.w3), N, H, I);
+      linearForward(la.gate.data(), la.ffnIn.data(), lo.w1, N, H, I, a.adapters);
+      linearForward(la.up.data(), la.ffnIn.data(), lo.w3, N, H, I, a.adapters);
       cpu::swiglu_forward(la.act.data(), la.gate.data(), la.up.data(), N * I);
-      cpu::matmul_forward(delta.data(), la.act.data(), P(lo.w2), N, I, H);
+      linearForward(delta.data(), la.act.data(), lo.w2, N, I, H, a.adapters);
       cpu::residual_add(x.data(), delta.data(), N * H);
       if (!keepAll) releaseForInference(la);
     }
@@ -478,6 +607,19 @@ class CpuEngine final : public Engine {
   vector<int64_t> offsets_, numels_;
   vector<float> params_, grads_, adamM_, adamV_;
   int64_t embedding_ = 0, finalNorm_ = 0, lmHead_ = 0;
+
+  // LoRA: adapters live in arenas of their own; loraOf_ maps a base weight's offset to its adapter.
+  struct LoraSlot {
+    int64_t a = -1, b = -1;  // offsets into lora_ (and its gradient and moment arenas)
+  };
+  bool loraEnabled_ = false;
+  int64_t loraRank_ = 0;
+  float loraScale_ = 0;
+  vector<ParameterInfo> loraTable_;
+  std::unordered_map<std::string, size_t> loraIndex_;
+  vector<int64_t> loraOffsets_, loraNumels_;
+  std::unordered_map<int64_t, LoraSlot> loraOf_;
+  vector<float> lora_, loraGrads_, loraM_, loraV_;
   vector<LayerOffsets> layers_;
   std::unique_ptr<Activations> saved_;
 };
@@ -679,18 +821,18 @@ void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
     cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(lo.operatorNorm), n, H, cfg_.normEps);
     if (cfg_.layerTypes[l] == LayerKind::Conv) {
       vector<float> bcx(n * 3 * H), bx(n * H), conv(n * H), y(n * H);
-      cpu::matmul_forward(bcx.data(), normed.data(), P(lo.inProj), n, H, 3 * H);
+      linearForward(bcx.data(), normed.data(), lo.inProj, n, H, 3 * H, true);
       cpu::conv_gate_in_forward(bx.data(), bcx.data(), n, H);
 #pragma omp parallel for
       for (int64_t i = 0; i < n; i++)
         cpu::causal_conv_step(conv.data() + i * H, seqs[i]->convState[l].data(), bx.data() + i * H, P(lo.convWeight), H, K);
       cpu::conv_gate_out_forward(y.data(), bcx.data(), conv.data(), n, H);
-      cpu::matmul_forward(delta.data(), y.data(), P(lo.outProj), n, H, H);
+      linearForward(delta.data(), y.data(), lo.outProj, n, H, H, true);
     } else {
       vector<float> q(n * qDim), k(n * kvDim), v(n * kvDim), attn(n * qDim);
-      cpu::matmul_forward(q.data(), normed.data(), P(lo.q), n, H, qDim);
-      cpu::matmul_forward(k.data(), normed.data(), P(lo.k), n, H, kvDim);
-      cpu::matmul_forward(v.data(), normed.data(), P(lo.v), n, H, kvDim);
+      linearForward(q.data(), normed.data(), lo.q, n, H, qDim, true);
+      linearForward(k.data(), normed.data(), lo.k, n, H, kvDim, true);
+      linearForward(v.data(), normed.data(), lo.v, n, H, kvDim, true);
       cpu::rmsnorm_forward(q.data(), nullptr, q.data(), P(lo.qNorm), n * nh, hd, cfg_.normEps);
       cpu::rmsnorm_forward(k.data(), nullptr, k.data(), P(lo.kNorm), n * nkv, hd, cfg_.normEps);
       cpu::rope_forward(q.data(), positions.data(), n, nh, hd, cfg_.ropeTheta);
@@ -703,15 +845,15 @@ void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
         cpu::attention_decode(attn.data() + i * qDim, q.data() + i * qDim, st.kCache[l].data(), st.vCache[l].data(),
                               st.length + 1, nh, nkv, hd);
       }
-      cpu::matmul_forward(delta.data(), attn.data(), P(lo.o), n, qDim, H);
+      linearForward(delta.data(), attn.data(), lo.o, n, qDim, H, true);
     }
     cpu::residual_add(x.data(), delta.data(), n * H);
     vector<float> ffnIn(n * H), gate(n * I), up(n * I), act(n * I);
     cpu::rmsnorm_forward(ffnIn.data(), nullptr, x.data(), P(lo.ffnNorm), n, H, cfg_.normEps);
-    cpu::matmul_forward(gate.data(), ffnIn.data(), P(lo.w1), n, H, I);
-    cpu::matmul_forward(up.data(), ffnIn.data(), P(lo.w3), n, H, I);
+    linearForward(gate.data(), ffnIn.data(), lo.w1, n, H, I, true);
+    linearForward(up.data(), ffnIn.data(), lo.w3, n, H, I, true);
     cpu::swiglu_forward(act.data(), gate.data(), up.data(), n * I);
-    cpu::matmul_forward(delta.data(), act.data(), P(lo.w2), n, I, H);
+    linearForward(delta.data(), act.data(), lo.w2, n, I, H, true);
     cpu::residual_add(x.data(), delta.data(), n * H);
   }
   cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(finalNorm_), n, H, cfg_.normEps);

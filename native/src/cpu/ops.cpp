@@ -216,6 +216,27 @@ void matmul_backward(float* dx, float* dweight, const float* dout, const float* 
   }
 }
 
+// ---- LoRA -----------------------------------------------------------------------------------------------------
+
+void lora_forward(float* out, const float* x, const float* a, const float* b, int64_t rows, int64_t in,
+                  int64_t out_features, int64_t rank, float scale) {
+  std::vector<float> u(rows * rank), delta(rows * out_features);
+  matmul_forward(u.data(), x, a, rows, in, rank);
+  matmul_forward(delta.data(), u.data(), b, rows, rank, out_features);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows * out_features; i++) out[i] += scale * delta[i];
+}
+
+void lora_backward(float* dx, float* da, float* db, const float* dout, const float* x, const float* a, const float* b,
+                   int64_t rows, int64_t in, int64_t out_features, int64_t rank, float scale) {
+  std::vector<float> u(rows * rank), g(rows * out_features), du(rows * rank, 0.0f);
+  matmul_forward(u.data(), x, a, rows, in, rank);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows * out_features; i++) g[i] = scale * dout[i];
+  matmul_backward(du.data(), db, g.data(), u.data(), b, rows, rank, out_features);
+  matmul_backward(dx, da, du.data(), x, a, rows, in, rank);
+}
+
 // ---- short conv -----------------------------------------------------------------------------------------------
 
 void conv_gate_in_forward(float* bx, const float* bcx, int64_t rows, int64_t hidden) {
