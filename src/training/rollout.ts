@@ -115,7 +115,8 @@ export function completionAction(tokenizer: ChatTokenizer, tokens: Int32Array): 
 
 /**
  * Runs G episodes for each (task, seed) instance. `seed` makes sampling reproducible: the batch composition at
- * each browser step depends only on which episodes are still running, never on timing.
+ * each browser step depends only on which episodes are still running, never on timing. Each episode holds an
+ * environment of the pool until the end of its wave, so episodes run in waves of at most `pool.size`, in order.
  */
 export async function runRollouts(pool: EnvPool, policy: Policy, instances: readonly { task: string; seed: number }[],
   s: RolloutSettings, seed: number): Promise<RolloutResult> {
@@ -129,7 +130,15 @@ export async function runRollouts(pool: EnvPool, policy: Policy, instances: read
         done: false,
       });
   });
+  for (let first = 0, wave = 0; first < live.length; first += pool.size, wave++)
+    await runWave(pool, policy, live.slice(first, first + pool.size), s, (seed + wave * 7_919) >>> 0, timings);
+  for (const ep of live) ep.record.success = ep.record.reward > 0;
+  return { episodes: live.map((ep) => ep.record), timings };
+}
 
+/** Runs `live` (at most pool.size episodes) in lock-step over browser steps, adding to `timings`. */
+async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: RolloutSettings, seed: number,
+  timings: RolloutTimings): Promise<void> {
   const envStart = process.hrtime.bigint();
   await Promise.all(
     live.map(async (ep) => {
@@ -194,6 +203,4 @@ export async function runRollouts(pool: EnvPool, policy: Policy, instances: read
   } finally {
     await Promise.all(live.map((ep) => ep.episode?.release().catch(() => undefined)));
   }
-  for (const ep of live) ep.record.success = ep.record.reward > 0;
-  return { episodes: live.map((ep) => ep.record), timings };
 }

@@ -8,7 +8,10 @@ import { Lfm2Model } from '../../src/model/lfm2.js';
 import { validateTrainConfig, type TrainConfig } from '../../src/training/config.js';
 import { listCheckpoints } from '../../src/training/checkpoint.js';
 import { readMetrics } from '../../src/training/metrics.js';
-import { train } from '../../src/training/trainer.js';
+import { rolloutSettings, train } from '../../src/training/trainer.js';
+import { loadPolicy } from '../../src/training/policy.js';
+import { runRollouts } from '../../src/training/rollout.js';
+import { EnvPool } from '../../src/env/index.js';
 
 function tinyConfig(runDir: string, steps: number): TrainConfig {
   return validateTrainConfig({
@@ -78,5 +81,27 @@ describe('GRPO end to end (CPU engine, Chromium)', () => {
     initial.dispose();
     const moved = [...straight].some(([name, w]) => w.some((x, i) => x !== start.get(name)![i]));
     expect(moved).toBe(true);
+  });
+
+  it('runs more episodes than the pool has environments, in waves, and the same seed gives the same rollouts', async () => {
+    const cfg = tinyConfig(mkdtempSync(join(tmpdir(), 'webgrpo-waves-')), 1);
+    const policy = await loadPolicy(cfg);
+    const pool = await EnvPool.create({ size: 2 });
+    try {
+      const settings = { ...rolloutSettings(cfg), numGenerations: 5 };
+      const instances = [{ task: 'click-test', seed: 1 }];
+      const run = () => runRollouts(pool, { model: policy.model.native, tokenizer: policy.tokenizer }, instances, settings, 9);
+      const first = await run();
+      expect(first.episodes.length).toBe(5);
+      for (const ep of first.episodes) {
+        expect(ep.failure).toBeUndefined();
+        expect(ep.steps).toBeGreaterThan(0);
+      }
+      const again = await run();
+      expect(again.episodes.map((e) => e.samples.map((x) => x.action))).toEqual(first.episodes.map((e) => e.samples.map((x) => x.action)));
+    } finally {
+      await pool.close();
+      policy.model.dispose();
+    }
   });
 });
