@@ -1,4 +1,4 @@
-// Shared helpers of the engine benchmarks (bench/train.ts, sample.ts, grpo.ts, lora.ts): option parsing, model
+// Shared helpers of the engine benchmarks (bench/train.ts, sample.ts, grpo.ts): option parsing, model
 // setup, device synchronisation, GPU memory sampling, JSON-line records and markdown tables. Every record is one
 // JSON line with snake_case keys that bench/torch/*.py write too, so bench/torch/compare.py can join both sides.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';

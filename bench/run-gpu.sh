@@ -10,8 +10,7 @@
 # (default ./bench-out). Worst case (every step hitting its cap) is 465 s; normally much less.
 # --smoke: the engine drivers on the CPU backend with the tiny preset and tiny shapes (checks the plumbing on a
 # machine without a GPU; the PyTorch steps still run and fail fast there without CUDA).
-# Exit status: 0 when every step succeeded (the engine's LoRA bench exiting 2 = "not implemented" counts as
-# success: it is reported in the table), 1 otherwise.
+# Exit status: 0 when every step succeeded, 1 otherwise (a failing step's reason is in the table).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -55,11 +54,13 @@ fi
 if [ "$smoke" = 1 ]; then
   ours=(--backend cpu --preset tiny)
   train_args=(--shapes 2x64:all,4x40:8 --warmup 1 --iters 2)
+  lora_args=(--shapes 2x64:all --warmup 1 --iters 2)
   sample_args=(--batches 1,4 --prompt 32 --new 8 --reps 1)
   grpo_args=(--prompts 2 --group 3 --prompt 40 --new 6 --micro 4 --warmup 1 --iters 1)
 else
   ours=(--backend cuda --preset LFM2-350M)
   train_args=(--shapes 16x1024:all,64x632:32 --warmup 3 --iters 10)
+  lora_args=(--shapes 16x1024:all --warmup 3 --iters 10)
   sample_args=(--batches 1,8,64,256 --prompt 512 --new 64 --reps 2)
   grpo_args=(--prompts 8 --group 8 --prompt 600 --new 32 --micro 64 --warmup 1 --iters 3)
 fi
@@ -101,7 +102,7 @@ if wants train; then
     --shapes 16x1024:all,64x632:32 --warmup 3 --iters 10
 fi
 if wants lora; then
-  run_step ours-lora 15 "0 2" node "$dist/bench/lora.js" "${ours[@]}" --ranks 8,16
+  run_step ours-lora 40 "0" node "$dist/bench/train.js" "${ours[@]}" "${lora_args[@]}" --lora-ranks 8,16
   # Issue 7's shape: 16×1024 tokens.
   run_step torch-lora 60 "0" "$python" bench/torch/train_step.py --modes lora-r8,lora-r16 --shapes 16x1024:all \
     --warmup 3 --iters 10

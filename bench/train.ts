@@ -1,16 +1,19 @@
 /**
- * Train-step throughput of the engine (issue 6): score (forward + token log-probs) + backward + AdamW on a random
- * LFM2 at fixed shapes, the same shapes bench/torch/train_step.py gives PyTorch + transformers.
+ * Train-step throughput of the engine (issues 6 and 7): score (forward + token log-probs) + backward + AdamW on a
+ * random LFM2 at fixed shapes, the same shapes bench/torch/train_step.py gives PyTorch + transformers (+ PEFT).
  *   node dist/bench/train.js [--backend cuda|cpu] [--preset LFM2-350M] [--shapes 16x1024:all,64x632:32]
- *                            [--warmup 3] [--iters 10]
+ *                            [--warmup 3] [--iters 10] [--lora-ranks 8,16]
  * A shape BxT:S scores the last S tokens of each sequence ("all": every token after the first), loss = mean
- * cross-entropy over the scored tokens. Prints one JSON line per shape, then a markdown table.
+ * cross-entropy over the scored tokens. --lora-ranks trains LoRA adapters (alpha = 2·rank) on every linear layer
+ * instead of the whole model, once per rank (records with bench "lora", mode "lora-rN"). Prints one JSON line per
+ * shape (and rank), then a markdown table.
  */
 import { InvalidArgumentError } from 'commander';
 import type { ScoreRequest } from '../src/native/addon.js';
 import { Rng } from '../src/training/rng.js';
 import {
-  benchProgram, createRandomModel, deviceDescription, emit, fmt, GpuMemoryMonitor, markdownTable, nonNegativeInt, nowMs, positiveNumber,
+  benchProgram, createRandomModel, deviceDescription, emit, fmt, GpuMemoryMonitor, intList, markdownTable, nonNegativeInt, nowMs,
+  positiveNumber,
   PEAK_KIND_NVIDIA_SMI, positiveInt, randomTokens, runMain, syncDevice, type CommonOptions,
 } from './common.js';
 
@@ -57,7 +60,10 @@ interface TrainOptions extends CommonOptions {
   warmup: number;
   iters: number;
   lr: number;
+  loraRanks: number[];
 }
+
+const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'out_proj', 'in_proj', 'w1', 'w2', 'w3'];
 
 async function main(): Promise<number> {
   const program = benchProgram('train', 'engine train step: score + backward + AdamW')
@@ -65,16 +71,23 @@ async function main(): Promise<number> {
       parseShapes('16x1024:all,64x632:32'))
     .option('--warmup <n>', 'untimed steps first', nonNegativeInt('warmup'), 3)
     .option('--iters <n>', 'timed steps', positiveInt('iters'), 10)
-    .option('--lr <lr>', 'AdamW learning rate', positiveNumber('lr'), 1e-5);
+    .option('--lr <lr>', 'AdamW learning rate', positiveNumber('lr'), 1e-5)
+    .option('--lora-ranks <list>', 'train LoRA adapters of these ranks on every linear layer instead of the full model',
+      intList('lora-ranks'), []);
   const opts = program.parse(process.argv).opts<TrainOptions>();
   const device = deviceDescription(opts.backend);
   const rows: string[][] = [];
   let failures = 0;
-  for (const shape of opts.shapes) {
+  const variants: (number | null)[] = opts.loraRanks.length ? opts.loraRanks : [null];
+  for (const shape of opts.shapes) for (const rank of variants) {
+    const bench = rank === null ? 'train' : 'lora';
+    const mode = rank === null ? 'engine' : `lora-r${rank}`;
     // A fresh model per shape, so one shape's peak memory is not inflated by another's buffers.
     const monitor = GpuMemoryMonitor.start(opts.backend);
     const { config, native, model, parameters } = createRandomModel(opts);
     try {
+      if (rank !== null)
+        native.enableLora({ rank, alpha: 2 * rank, rslora: false, targets: LORA_TARGETS, seed: opts.seed });
       const rng = new Rng(opts.seed + 1);
       const request = trainRequest(rng, shape, config.vocabSize);
       const scoredCount = shape.batch * shape.scored;
@@ -110,28 +123,28 @@ async function main(): Promise<number> {
       const peakGiB = monitor ? await monitor.peakGiB() : null;
       if (!Number.isFinite(lastLoss)) throw new Error(`loss is not finite (${lastLoss}) at shape ${shape.batch}x${shape.seq}`);
       emit({
-        bench: 'train', impl: 'webgrpo', status: 'ok', mode: 'engine', backend: opts.backend, device, preset: opts.preset,
+        bench, impl: 'webgrpo', status: 'ok', mode, backend: opts.backend, device, preset: opts.preset,
         parameters, batch: shape.batch, seq: shape.seq, scored_per_seq: shape.scored, tokens_per_step: tokens,
         warmup: opts.warmup, steps: opts.iters, ms_per_step: msPerStep, tokens_per_s: tokensPerS, mfu,
         peak_gib: peakGiB, peak_kind: peakGiB === null ? null : PEAK_KIND_NVIDIA_SMI, loss: lastLoss,
       });
-      rows.push([`${shape.batch}×${shape.seq}`, String(shape.scored), fmt(msPerStep, 1), fmt(tokensPerS),
+      rows.push([mode, `${shape.batch}×${shape.seq}`, String(shape.scored), fmt(msPerStep, 1), fmt(tokensPerS),
         mfu === null ? 'n/a' : `${fmt(mfu * 100, 1)}%`, fmt(peakGiB, 2), fmt(lastLoss, 3)]);
     } catch (err) {
       // One failing shape (e.g. out of device memory) must not hide the others' numbers.
       failures++;
       const message = (err as Error).message;
-      emit({ bench: 'train', impl: 'webgrpo', status: 'error', error: message, backend: opts.backend, device,
+      emit({ bench, impl: 'webgrpo', status: 'error', error: message, mode, backend: opts.backend, device,
         preset: opts.preset, batch: shape.batch, seq: shape.seq, scored_per_seq: shape.scored });
-      process.stderr.write(`bench train: shape ${shape.batch}x${shape.seq}: ${message}\n`);
-      rows.push([`${shape.batch}×${shape.seq}`, String(shape.scored), 'error', '', '', '', '']);
+      process.stderr.write(`bench train: ${mode}, shape ${shape.batch}x${shape.seq}: ${message}\n`);
+      rows.push([mode, `${shape.batch}×${shape.seq}`, String(shape.scored), 'error', '', '', '', '']);
     } finally {
       model.dispose();
       monitor?.stop();
     }
   }
   process.stdout.write(`\n### webgrpo train step (${opts.preset}, ${device}, ${opts.iters} timed steps)\n\n`);
-  process.stdout.write(`${markdownTable(['shape', 'scored/seq', 'ms/step', 'tokens/s', 'MFU', 'peak GiB', 'loss'], rows)}\n`);
+  process.stdout.write(`${markdownTable(['mode', 'shape', 'scored/seq', 'ms/step', 'tokens/s', 'MFU', 'peak GiB', 'loss'], rows)}\n`);
   return failures ? 1 : 0;
 }
 

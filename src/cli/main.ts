@@ -97,9 +97,9 @@ program
     seeds?: number; sample?: boolean }) => {
     const cfg = loadTrainConfig(opts.config, opts.set);
     const checkpoint = opts.checkpoint ?? (opts.model ? undefined : latestCheckpoint(cfg.run_dir));
-    const weights = opts.model ?? (checkpoint ? join(checkpoint, 'model') : undefined);
-    process.stderr.write(`webgrpo eval: ${weights ?? `untrained ${cfg.model.preset} (seed ${cfg.seed})`}\n`);
-    const policy = await loadPolicy(cfg, weights);
+    const source = opts.model ? { modelDir: opts.model } : checkpoint ? { checkpoint } : undefined;
+    process.stderr.write(`webgrpo eval: ${opts.model ?? checkpoint ?? `untrained ${cfg.model.preset} (seed ${cfg.seed})`}\n`);
+    const policy = await loadPolicy(cfg, source);
     try {
       printEvaluation(await runEvaluation(policy, cfg, { tasks: opts.tasks?.split(','), seeds: opts.seeds,
         sample: opts.sample }));
@@ -110,22 +110,28 @@ program
 
 program
   .command('export')
-  .description('write a checkpoint as a Hugging Face model folder (config.json, model.safetensors, tokenizer)')
+  .description('write a checkpoint as a Hugging Face model folder (config.json, model.safetensors, tokenizer; ' +
+    'LoRA adapters merged in), or with --peft a LoRA run\'s adapter as a PEFT folder')
   .requiredOption('-c, --config <file>', 'the run\'s YAML config')
+  .option('-s, --set <key=value>', 'override a config field (repeatable)', collect, [])
   .option('--checkpoint <dir>', 'checkpoint folder (default: the latest in run_dir)')
   .requiredOption('-o, --out <dir>', 'output folder')
   .addOption(new Option('--dtype <dtype>', 'weight dtype').choices(['bf16', 'f32', 'f16']).default('bf16'))
-  .action(async (opts: { config: string; checkpoint?: string; out: string; dtype: 'bf16' | 'f32' | 'f16' }) => {
-    const cfg = loadTrainConfig(opts.config);
+  .option('--peft', 'write the LoRA adapter (adapter_config.json + adapter_model.safetensors) instead of merged weights')
+  .action(async (opts: { config: string; set: string[]; checkpoint?: string; out: string; dtype: 'bf16' | 'f32' | 'f16';
+    peft?: boolean }) => {
+    const cfg = loadTrainConfig(opts.config, opts.set);
     const checkpoint = opts.checkpoint ?? latestCheckpoint(cfg.run_dir);
     if (!checkpoint) throw new Error(`no checkpoint given and none found in ${join(cfg.run_dir, 'checkpoints')}`);
-    const policy = await loadPolicy(cfg, join(checkpoint, 'model'));
+    if (opts.peft && !cfg.lora.enabled) throw new Error('--peft: this run is a full fine-tune (lora.enabled is false)');
+    const policy = await loadPolicy(cfg, { checkpoint });
     try {
-      await policy.model.save(opts.out, { dtype: opts.dtype, tokenizerDir: policy.tokenizer.dir });
+      if (opts.peft) policy.model.saveAdapter(opts.out, cfg.model.path ?? null);
+      else await policy.model.save(opts.out, { dtype: opts.dtype, tokenizerDir: policy.tokenizer.dir });
     } finally {
       policy.model.dispose();
     }
-    process.stderr.write(`exported ${checkpoint} → ${opts.out} (${opts.dtype})\n`);
+    process.stderr.write(`exported ${checkpoint} → ${opts.out} (${opts.peft ? 'PEFT adapter' : opts.dtype})\n`);
   });
 
 program

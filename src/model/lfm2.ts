@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadAddon, type Backend, type DType, type NativeModel } from '../native/addon.js';
 import { configToHf, parameterShapes, parseLfm2Config, type Lfm2Config, type ParameterShape } from './config.js';
+import { loadPeftAdapter, loraScale, mergedWeight, readPeftConfig, savePeftAdapter, type LoraSettings } from './peft.js';
 import { Checkpoint, checkTensors, f32ToBf16, f32ToF16, toAddonDType, writeCheckpoint } from './safetensors.js';
 
 export interface ModelLoadOptions {
@@ -53,6 +54,8 @@ function checkNativeParameters(native: NativeModel, expected: ParameterShape[]):
 
 export class Lfm2Model {
   private disposed = false;
+  /** Set by enableLora(): the adapters' settings. */
+  private loraSettings?: LoraSettings;
 
   private constructor(
     readonly config: Lfm2Config,
@@ -122,7 +125,46 @@ export class Lfm2Model {
     }
   }
 
-  /** Writes config.json + safetensors (+ tokenizer files) that transformers' from_pretrained loads. */
+  get lora(): LoraSettings | undefined {
+    return this.loraSettings;
+  }
+
+  /** Adds LoRA adapters (PEFT init, seeded) and freezes the base weights. */
+  enableLora(settings: LoraSettings, seed: number): void {
+    this.assertLive();
+    if (settings.dropout > 0)
+      throw new Error(`lora.dropout = ${settings.dropout}: adapter dropout is not implemented yet (the engines apply ` +
+        'adapters without dropout); set lora.dropout: 0');
+    this.native.enableLora({ rank: settings.r, alpha: settings.alpha, rslora: settings.useRslora,
+      targets: settings.targets, seed });
+    this.loraSettings = { ...settings, targets: [...settings.targets] };
+  }
+
+  /** Writes the adapters as a PEFT folder (adapter_config.json + adapter_model.safetensors). */
+  saveAdapter(dir: string, baseModel: string | null): void {
+    this.assertLive();
+    if (!this.loraSettings) throw new Error('saveAdapter: this model has no LoRA adapters');
+    savePeftAdapter(dir, this.native, this.loraSettings, baseModel);
+  }
+
+  /** Loads a PEFT adapter folder whose settings match this model's adapters. */
+  loadAdapter(dir: string): void {
+    this.assertLive();
+    const mine = this.loraSettings;
+    if (!mine) throw new Error('loadAdapter: enable LoRA first (the adapter settings come from the config)');
+    const theirs = readPeftConfig(dir);
+    const sameTargets = [...theirs.targets].sort().join(',') === [...mine.targets].sort().join(',');
+    if (theirs.r !== mine.r || theirs.alpha !== mine.alpha || theirs.useRslora !== mine.useRslora || !sameTargets)
+      throw new Error(`${dir}: adapter (r ${theirs.r}, alpha ${theirs.alpha}, rslora ${theirs.useRslora}, targets ` +
+        `${theirs.targets.join(' ')}) does not match the config's LoRA (r ${mine.r}, alpha ${mine.alpha}, rslora ` +
+        `${mine.useRslora}, targets ${mine.targets.join(' ')})`);
+    loadPeftAdapter(dir, this.native);
+  }
+
+  /**
+   * Writes config.json + safetensors (+ tokenizer files) that transformers' from_pretrained loads. With LoRA
+   * adapters, the weights written are the merged ones (W + s·B·A).
+   */
   async save(dir: string, opts: SaveOptions): Promise<void> {
     this.assertLive();
     mkdirSync(dir, { recursive: true });
@@ -152,8 +194,10 @@ export class Lfm2Model {
   private parameterBytes(name: string, dtype: DType): Uint8Array {
     const t = this.native.getParameter(name);
     try {
-      if (t.dtype === dtype) return t.toBytes();
-      const values = t.toFloat32();
+      if (t.dtype === dtype && !this.loraSettings) return t.toBytes();
+      const values = this.loraSettings
+        ? mergedWeight(this.native, name, t.toFloat32(), loraScale(this.loraSettings))
+        : t.toFloat32();
       if (dtype === 'f32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
       return dtype === 'bf16' ? f32ToBf16(values) : f32ToF16(values);
     } finally {

@@ -1,5 +1,5 @@
-// Checkpoints: <run_dir>/checkpoints/step-NNNNNN/ holding model/ (a Hugging Face folder, fp32), optimizer.safetensors
-// (AdamW m and v per parameter) and state.json (step counters and the trainer's RNG). Written into a temporary
+// Checkpoints: <run_dir>/checkpoints/step-NNNNNN/ holding model/ (a Hugging Face folder, fp32) or, for LoRA, adapter/
+// (a PEFT adapter folder; the frozen base is the config's), optimizer.safetensors (AdamW m and v per trainable tensor) and state.json (step counters and the trainer's RNG). Written into a temporary
 // folder and renamed into place, so a crash never leaves a half-written checkpoint under a real name.
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,16 +33,18 @@ export function latestCheckpoint(runDir: string): string | undefined {
   return listCheckpoints(runDir).pop();
 }
 
-export async function saveCheckpoint(runDir: string, model: Lfm2Model, state: TrainerState, keepLast: number):
-  Promise<string> {
+/** `baseModel`: what a LoRA adapter was trained on (adapter_config.json's base_model_name_or_path). */
+export async function saveCheckpoint(runDir: string, model: Lfm2Model, state: TrainerState, keepLast: number,
+  baseModel: string | null = null): Promise<string> {
   const dir = checkpointsDir(runDir);
   mkdirSync(dir, { recursive: true });
   const name = `${PREFIX}${String(state.step).padStart(6, '0')}`;
   const tmp = join(dir, `.${name}.tmp-${process.pid}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
-  await model.save(join(tmp, 'model'), { dtype: 'f32' });
-  const tensors = model.native.parameterInfo().flatMap(({ name: p }) =>
+  if (model.lora) model.saveAdapter(join(tmp, 'adapter'), baseModel);
+  else await model.save(join(tmp, 'model'), { dtype: 'f32' });
+  const tensors = model.native.trainableInfo().flatMap(({ name: p }) =>
     (['m', 'v'] as const).map((which) => {
       const t = model.native.getOptimizerState(p, which);
       try {
@@ -74,7 +76,7 @@ export function readTrainerState(checkpoint: string): TrainerState {
 export function loadOptimizerState(checkpoint: string, model: Lfm2Model): void {
   const addon = loadAddon();
   const file = readSafetensors(join(checkpoint, 'optimizer.safetensors'));
-  for (const { name, shape } of model.native.parameterInfo()) {
+  for (const { name, shape } of model.native.trainableInfo()) {
     for (const which of ['m', 'v'] as const) {
       const entry = file.get(`${which}.${name}`);
       if (!entry) throw new Error(`${checkpoint}/optimizer.safetensors: missing tensor ${which}.${name}`);

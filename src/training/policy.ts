@@ -5,6 +5,7 @@ import { PACKAGE_ROOT } from '../paths.js';
 import { loadAddon, type Backend } from '../native/addon.js';
 import { lfm2Preset } from '../model/config.js';
 import { Lfm2Model } from '../model/lfm2.js';
+import type { LoraSettings } from '../model/peft.js';
 import { ChatTokenizer } from '../model/tokenizer.js';
 import type { TrainConfig } from './config.js';
 
@@ -25,15 +26,28 @@ export interface LoadedPolicy {
   backend: Backend;
 }
 
-/** Builds the model a config describes (or loads `weightsDir`, e.g. a checkpoint's model folder). */
-export async function loadPolicy(cfg: TrainConfig, weightsDir?: string): Promise<LoadedPolicy> {
-  if (cfg.lora.enabled)
-    throw new Error('lora.enabled: LoRA training is not implemented yet (the native LoRA kernels are issue 7); ' +
-      'set lora.enabled: false for a full fine-tune');
+/** Where the weights come from, when not from the config alone: a training checkpoint or a Hugging Face folder. */
+export type PolicySource = { checkpoint: string } | { modelDir: string };
+
+/** The LoRA settings of a config, or undefined for a full fine-tune. */
+export function loraSettings(cfg: TrainConfig): LoraSettings | undefined {
+  const l = cfg.lora;
+  return l.enabled ? { r: l.r, alpha: l.alpha, dropout: l.dropout, useRslora: l.use_rslora, targets: l.targets } : undefined;
+}
+
+/**
+ * Builds the model a config describes. A full fine-tune checkpoint holds the whole model (model/); a LoRA checkpoint
+ * holds the adapter only (adapter/, PEFT format), over the base the config names.
+ */
+export async function loadPolicy(cfg: TrainConfig, source?: PolicySource): Promise<LoadedPolicy> {
   const backend = resolveBackend(cfg.model.backend);
   const tokenizerDir = cfg.model.tokenizer ?? (cfg.model.init === 'pretrained' ? cfg.model.path! : TINY_TOKENIZER_DIR);
   const tokenizer = await ChatTokenizer.load(tokenizerDir);
-  const dir = weightsDir ?? (cfg.model.init === 'pretrained' ? cfg.model.path : undefined);
+  const lora = loraSettings(cfg);
+  const checkpoint = source && 'checkpoint' in source ? source.checkpoint : undefined;
+  const dir = source && 'modelDir' in source ? source.modelDir
+    : checkpoint && !lora ? join(checkpoint, 'model')
+      : cfg.model.init === 'pretrained' ? cfg.model.path : undefined;
   const model = dir
     ? await Lfm2Model.fromPretrained(dir, { backend })
     : Lfm2Model.random(lfm2Preset(cfg.model.preset), {
@@ -41,10 +55,17 @@ export async function loadPolicy(cfg: TrainConfig, weightsDir?: string): Promise
       backend,
       initializerRange: cfg.model.initializer_range,
     });
-  if (tokenizer.vocabSize > model.config.vocabSize) {
+  try {
+    if (tokenizer.vocabSize > model.config.vocabSize)
+      throw new Error(`tokenizer ${tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's vocabulary is ` +
+        `${model.config.vocabSize}`);
+    if (lora) {
+      model.enableLora(lora, cfg.seed);
+      if (checkpoint) model.loadAdapter(join(checkpoint, 'adapter'));
+    }
+  } catch (err) {
     model.dispose();
-    throw new Error(`tokenizer ${tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's vocabulary is ` +
-      `${model.config.vocabSize}`);
+    throw err;
   }
   return { model, tokenizer, backend };
 }

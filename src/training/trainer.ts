@@ -115,7 +115,13 @@ interface UpdateStats {
   trainedSamples: number;
 }
 
-async function update(model: NativeModel, reference: NativeModel | undefined, samples: TrainSample[],
+/** The frozen reference policy of the KL term: a second model, or (LoRA) the same model with its adapters off. */
+interface Reference {
+  model: NativeModel;
+  adapters: boolean;
+}
+
+async function update(model: NativeModel, reference: Reference | undefined, samples: TrainSample[],
   cfg: TrainConfig, optimizerStep: number): Promise<UpdateStats & { optimizerSteps: number }> {
   const loss = lossSettings(cfg);
   const temperature = cfg.sampling.temperature;
@@ -125,7 +131,8 @@ async function update(model: NativeModel, reference: NativeModel | undefined, sa
   const batch = { numSamples: samples.length, totalTokens: samples.reduce((a, s) => a + s.sample.completionTokens.length, 0) };
   const active = samples.filter((s) => s.advantage !== 0 || cfg.grpo.beta > 0);
   if (reference && cfg.grpo.beta > 0) {
-    const ref = await scoreSamples(reference, active.map((s) => s.sample), temperature, micro);
+    const ref = await scoreSamples(reference.model, active.map((s) => s.sample), temperature, micro,
+      reference.adapters);
     active.forEach((s, i) => (s.refLogprobs = ref[i]));
   }
   if (cfg.grpo.num_iterations > 1) {
@@ -189,10 +196,12 @@ export async function train(cfg: TrainConfig, options: TrainOptions = {}): Promi
     : undefined;
   if (options.resume && !resumeFrom) throw new Error(`--resume: no checkpoint found in ${join(runDir, 'checkpoints')}`);
   const state = resumeFrom ? readTrainerState(resumeFrom) : { step: 0, optimizerStep: 0, rngState: cfg.seed };
-  const policy = await loadPolicy(cfg, resumeFrom ? join(resumeFrom, 'model') : undefined);
+  const policy = await loadPolicy(cfg, resumeFrom ? { checkpoint: resumeFrom } : undefined);
   if (resumeFrom) loadOptimizerState(resumeFrom, policy.model);
-  // The frozen reference for the KL term is the starting model, also after a resume.
-  const reference = cfg.grpo.beta > 0 ? (await loadPolicy(cfg)).model : undefined;
+  // The frozen reference for the KL term is the starting model, also after a resume: for LoRA the base itself.
+  const referenceModel = cfg.grpo.beta > 0 && !policy.model.lora ? (await loadPolicy(cfg)).model : undefined;
+  const reference: Reference | undefined = cfg.grpo.beta <= 0 ? undefined
+    : referenceModel ? { model: referenceModel.native, adapters: true } : { model: policy.model.native, adapters: false };
   const startStep = state.step;
   let optimizerStep = state.optimizerStep;
   const metrics = new MetricsLog(join(runDir, 'metrics.jsonl'), startStep);
@@ -223,7 +232,7 @@ export async function train(cfg: TrainConfig, options: TrainOptions = {}): Promi
         for (const k of Object.keys(rollout) as (keyof typeof rollout)[]) rollout[k] += r.timings[k];
       }
       const u0 = process.hrtime.bigint();
-      const u = await update(policy.model.native, reference?.native, samples, cfg, optimizerStep);
+      const u = await update(policy.model.native, reference, samples, cfg, optimizerStep);
       optimizerStep += u.optimizerSteps;
       const updateSeconds = Number(process.hrtime.bigint() - u0) / 1e9;
       const stepSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
@@ -257,11 +266,11 @@ export async function train(cfg: TrainConfig, options: TrainOptions = {}): Promi
       const done = step + 1;
       if (cfg.checkpoint.every > 0 && (done % cfg.checkpoint.every === 0 || done === cfg.grpo.steps))
         await saveCheckpoint(runDir, policy.model, { step: done, optimizerStep, rngState: rng.getState() },
-          cfg.checkpoint.keep_last);
+          cfg.checkpoint.keep_last, cfg.model.path ?? null);
     }
   } finally {
     await pool.close();
-    reference?.dispose();
+    referenceModel?.dispose();
   }
   writeReport(runDir);
   return { runDir, steps: step, lastMetrics: last, model: policy.model, tokenizer: policy.tokenizer };

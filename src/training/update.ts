@@ -67,13 +67,16 @@ function split(values: Float32Array, samples: readonly StepSample[]): Float32Arr
   });
 }
 
-/** Log-probs of every sample's completion under `model`, in micro-batches, without keeping activations. */
+/**
+ * Log-probs of every sample's completion under `model`, in micro-batches, without keeping activations; with
+ * `adapters` false, under the base model alone (LoRA's frozen reference).
+ */
 export async function scoreSamples(model: NativeModel, samples: readonly StepSample[], temperature: number,
-  microBatchSize: number): Promise<Float32Array[]> {
+  microBatchSize: number, adapters = true): Promise<Float32Array[]> {
   const out: Float32Array[] = [];
   for (let i = 0; i < samples.length; i += microBatchSize) {
     const micro = samples.slice(i, i + microBatchSize);
-    const result = await model.score(buildScoreRequest(micro, temperature, false));
+    const result = await model.score({ ...buildScoreRequest(micro, temperature, false), adapters });
     out.push(...split(result.logprobs, micro).map((a) => a.slice()));
   }
   return out;

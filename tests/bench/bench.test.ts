@@ -64,12 +64,15 @@ describe(`engine bench drivers on the CPU backend${NO_ADDON_REASON}`, () => {
     expect(x.grad_norm as number).toBeGreaterThan(0);
   });
 
-  it.skipIf(!HAVE_ADDON)('lora: says the engine has no LoRA and exits 2, printing no numbers', () => {
-    const r = runBench('lora', ['--ranks', '8']);
-    expect(r.status).toBe(2);
-    expect(r.records).toEqual([expect.objectContaining({ bench: 'lora', mode: 'lora-r8', status: 'not-implemented' })]);
-    expect(r.records[0]).not.toHaveProperty('tokens_per_s');
-    expect(r.stderr).toContain('LoRA is not implemented in the engine');
+  it.skipIf(!HAVE_ADDON)('train --lora-ranks: one LoRA record per rank, training adapters only', () => {
+    const r = runBench('train', ['--shapes', '2x48:all', '--warmup', '1', '--iters', '2', '--lora-ranks', '4,8']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.records.map((x) => [x.bench, x.mode, x.batch, x.seq])).toEqual([['lora', 'lora-r4', 2, 48], ['lora', 'lora-r8', 2, 48]]);
+    for (const x of r.records) {
+      expect(x.tokens_per_s as number).toBeGreaterThan(0);
+      expect(Math.abs((x.loss as number) - Math.log(512))).toBeLessThan(0.3);
+    }
+    expect(r.stdout).toContain('| lora-r8 | 2×48 |');
   });
 });
 
