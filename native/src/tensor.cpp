@@ -164,8 +164,11 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     requireCudaBuild();
 #ifdef WEBGRPO_WITH_CUDA
     cudaError_t err = cudaMalloc(&data_, allocBytes);
-    if (err != cudaSuccess)
-      throw std::runtime_error("out of GPU memory allocating " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(err));
+    if (err == cudaErrorMemoryAllocation)
+      throw std::runtime_error("out of GPU memory allocating " + std::to_string(bytes) + " bytes");
+    if (err != cudaSuccess)  // no driver, no device, a broken context: not a memory problem
+      throw std::runtime_error("cannot allocate " + std::to_string(bytes) + " bytes on the cuda device: " +
+                               cudaGetErrorString(err));
 #endif
   }
 }

@@ -34,10 +34,12 @@ async function runEvaluation(policy: LoadedPolicy, cfg: TrainConfig, opts: { tas
       tasks: opts.tasks,
       seeds: opts.seeds,
       greedy: opts.sample ? false : undefined,
-      onProgress: (done, total) => process.stderr.write(`\reval ${done}/${total} episodes`),
+      // A terminal gets one line rewritten in place; a log gets one line per update.
+      onProgress: (done, total) => process.stderr.write(process.stderr.isTTY ? `\reval ${done}/${total} episodes`
+        : `eval ${done}/${total} episodes\n`),
     });
   } finally {
-    process.stderr.write('\n');
+    if (process.stderr.isTTY) process.stderr.write('\n');
     await pool.close();
   }
 }

@@ -4,6 +4,7 @@ import { chromium, type Browser } from 'playwright-core';
 
 export const CHROMIUM_ARGS = [
   '--no-sandbox', // we run as root in CI
+  '--no-zygote', // the headless Chromium staged for the GPU machine needs it; Debian's runs the same with it
   '--disable-gpu',
   '--disable-dev-shm-usage',
   '--no-first-run',
