@@ -39,10 +39,14 @@ export interface RolloutSettings {
   constrained: boolean;
   sampling: SamplingParams;
   prompt: PromptSettings;
+  /** Partitions of a wave that take turns at the model (1: all episodes sample together, then all act). */
+  pipeline: number;
 }
 
 export interface RolloutTimings {
+  /** Wall time the model spent sampling. */
   sampleSeconds: number;
+  /** Wall time during which some browser was resetting or acting (it overlaps sampling when pipelined). */
   envSeconds: number;
   envSteps: number;
   promptTokens: number;
@@ -136,12 +140,37 @@ export async function runRollouts(pool: EnvPool, policy: Policy, instances: read
   return { episodes: live.map((ep) => ep.record), timings };
 }
 
-/** Runs `live` (at most pool.size episodes) in lock-step over browser steps, adding to `timings`. */
+/**
+ * Wall time during which at least one phase of a kind (model or browser work) was in flight: phases of different
+ * partitions overlap, so summing them would overstate the time.
+ */
+class BusyClock {
+  private inFlight = 0;
+  private since = 0n;
+  seconds = 0;
+
+  async time<T>(work: () => Promise<T>): Promise<T> {
+    if (this.inFlight++ === 0) this.since = process.hrtime.bigint();
+    try {
+      return await work();
+    } finally {
+      if (--this.inFlight === 0) this.seconds += seconds(this.since);
+    }
+  }
+}
+
+/**
+ * Runs `live` (at most pool.size episodes) over browser steps, adding to `timings`. The episodes are split by group
+ * into `s.pipeline` partitions that take turns at the model: while one partition samples, the others' browsers act.
+ * Each partition advances in lock-step, and which episodes share a sampling call depends only on which are still
+ * running, never on timing.
+ */
 async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: RolloutSettings, seed: number,
   timings: RolloutTimings): Promise<void> {
-  const envStart = process.hrtime.bigint();
+  const env = new BusyClock();
+  const model = new BusyClock();
   await Promise.all(
-    live.map(async (ep) => {
+    live.map((ep) => env.time(async () => {
       try {
         ep.episode = await pool.reset(ep.record.task, ep.record.seed);
         ep.observation = ep.episode.observation;
@@ -149,13 +178,21 @@ async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: Ro
         ep.record.failure = `reset failed: ${(e as Error).message}`;
         ep.done = true;
       }
-    }),
+    })),
   );
-  timings.envSeconds += seconds(envStart);
+  const partitions = Array.from({ length: Math.max(1, s.pipeline) }, (_, k) =>
+    live.filter((ep) => ep.record.group % Math.max(1, s.pipeline) === k)).filter((part) => part.length > 0);
+  // The native model runs one call at a time: partitions queue for it.
+  let modelTurn: Promise<unknown> = Promise.resolve();
+  const withModel = <T>(work: () => Promise<T>): Promise<T> => {
+    const turn = modelTurn.then(() => model.time(work));
+    modelTurn = turn.catch(() => undefined);
+    return turn;
+  };
 
-  try {
+  const runPartition = async (part: LiveEpisode[], k: number): Promise<void> => {
     for (let browserStep = 0; browserStep < s.maxSteps; browserStep++) {
-      const active = live.filter((ep) => !ep.done);
+      const active = part.filter((ep) => !ep.done);
       if (active.length === 0) break;
       const requests = active.map((ep) => {
         const obs = ep.observation!;
@@ -166,13 +203,10 @@ async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: Ro
           : undefined;
         return { prompt, trie };
       });
-      const sampleStart = process.hrtime.bigint();
-      const results = await sampleBatch(policy, requests, s, (seed * 1_000_003 + browserStep) >>> 0);
-      timings.sampleSeconds += seconds(sampleStart);
-
-      const stepStart = process.hrtime.bigint();
+      const stepSeed = ((seed * 1_000_003 + browserStep) ^ Math.imul(k, 0x9e3779b9)) >>> 0;
+      const results = await withModel(() => sampleBatch(policy, requests, s, stepSeed));
       await Promise.all(
-        active.map(async (ep, i) => {
+        active.map((ep, i) => env.time(async () => {
           const result = results[i];
           const action = completionAction(policy.tokenizer, result.tokens);
           const trie = requests[i].trie;
@@ -195,12 +229,17 @@ async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: Ro
             // The pool reports a crashed or hung browser as a finished episode with an error.
             if (obs.reward <= 0 && /crash|browser|closed/i.test(obs.error)) ep.record.failure = obs.error;
           }
-        }),
+        })),
       );
-      timings.envSeconds += seconds(stepStart);
       timings.envSteps += active.length;
     }
+  };
+
+  try {
+    await Promise.all(partitions.map((part, k) => runPartition(part, k)));
   } finally {
     await Promise.all(live.map((ep) => ep.episode?.release().catch(() => undefined)));
+    timings.envSeconds += env.seconds;
+    timings.sampleSeconds += model.seconds;
   }
 }

@@ -83,16 +83,17 @@ describe('GRPO end to end (CPU engine, Chromium)', () => {
     expect(moved).toBe(true);
   });
 
-  it('runs more episodes than the pool has environments, in waves, and the same seed gives the same rollouts', async () => {
+  it('runs more episodes than the pool has environments, in waves of pipelined partitions, reproducibly', async () => {
     const cfg = tinyConfig(mkdtempSync(join(tmpdir(), 'webgrpo-waves-')), 1);
     const policy = await loadPolicy(cfg);
-    const pool = await EnvPool.create({ size: 2 });
+    const pool = await EnvPool.create({ size: 4 });
     try {
-      const settings = { ...rolloutSettings(cfg), numGenerations: 5 };
-      const instances = [{ task: 'click-test', seed: 1 }];
+      const settings = { ...rolloutSettings(cfg), numGenerations: 5, pipeline: 2 };
+      const instances = [{ task: 'click-test', seed: 1 }, { task: 'click-button', seed: 2 }];
       const run = () => runRollouts(pool, { model: policy.model.native, tokenizer: policy.tokenizer }, instances, settings, 9);
       const first = await run();
-      expect(first.episodes.length).toBe(5);
+      expect(first.episodes.map((e) => e.group)).toEqual([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+      expect(first.timings.envSteps).toBe(first.episodes.reduce((a, e) => a + e.steps, 0));
       for (const ep of first.episodes) {
         expect(ep.failure).toBeUndefined();
         expect(ep.steps).toBeGreaterThan(0);
