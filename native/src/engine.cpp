@@ -56,15 +56,28 @@ std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& c) {
 
 namespace {
 std::mutex registryMutex;
-std::map<Device, EngineFactory>& registry() {
-  static std::map<Device, EngineFactory> factories;
+struct Registered {
+  EngineFactory factory;
+  BackendFeatures features;
+};
+std::map<Device, Registered>& registry() {
+  static std::map<Device, Registered> factories;
   return factories;
 }
 }  // namespace
 
-void registerEngineFactory(Device device, EngineFactory factory) {
+void registerEngineFactory(Device device, EngineFactory factory, BackendFeatures features) {
   std::lock_guard<std::mutex> lock(registryMutex);
-  registry()[device] = std::move(factory);
+  registry()[device] = {std::move(factory), features};
+}
+
+BackendFeatures backendFeatures(Device device) {
+  if (device == Device::CPU) return {};
+  std::lock_guard<std::mutex> lock(registryMutex);
+  auto it = registry().find(device);
+  if (it == registry().end())
+    throw std::runtime_error(std::string("backend '") + deviceName(device) + "' has no engine in this build");
+  return it->second.features;
 }
 
 std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, int threads) {
@@ -74,7 +87,7 @@ std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, i
   {
     std::lock_guard<std::mutex> lock(registryMutex);
     auto it = registry().find(device);
-    if (it != registry().end()) factory = it->second;
+    if (it != registry().end()) factory = it->second.factory;
   }
   if (!factory)
     throw std::runtime_error(std::string("backend '") + deviceName(device) + "' has no engine in this build" +

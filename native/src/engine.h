@@ -157,8 +157,16 @@ class Engine {
 std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& config);
 
 using EngineFactory = std::function<std::unique_ptr<Engine>(const ModelConfig&, int threads)>;
+// What a backend's engine implements beyond forward/backward/AdamW, so callers can choose a backend that can run
+// their whole job (the trainer needs generate; LoRA runs need enableLora).
+struct BackendFeatures {
+  bool generate = true;
+  bool lora = true;
+};
 // Backends register here (the CPU engine always; a CUDA engine from a static initializer in its .cu file).
-void registerEngineFactory(Device device, EngineFactory factory);
+void registerEngineFactory(Device device, EngineFactory factory, BackendFeatures features);
+// Throws for a backend without an engine in this build.
+BackendFeatures backendFeatures(Device device);
 std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, int threads);
 
 std::unique_ptr<Engine> createCpuEngine(const ModelConfig& config, int threads);

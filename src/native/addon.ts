@@ -158,9 +158,17 @@ export interface NativeModel {
   dispose(): void;
 }
 
+/** What a backend's engine implements beyond forward, backward and AdamW. */
+export interface BackendFeatures {
+  generate: boolean;
+  lora: boolean;
+}
+
 export interface NativeAddon {
   /** Which backends this build has: always 'cpu'; 'cuda' when compiled with CUDA and a GPU is present. */
   backends(): Backend[];
+  /** Throws for a backend this build has no engine for. */
+  backendFeatures(backend: Backend): BackendFeatures;
   tensorFromBytes(bytes: Uint8Array, shape: number[], dtype: DType, device: Backend): NativeTensor;
   tensorFromFloat32(data: Float32Array, shape: number[], dtype: DType, device: Backend): NativeTensor;
   /** configJson: the normalized LFM2 config (see src/model/config.ts, Lfm2Config). */

@@ -12,11 +12,30 @@ import type { TrainConfig } from './config.js';
 /** The byte-level tokenizer that ships with webgrpo (for randomly initialised models). */
 export const TINY_TOKENIZER_DIR = join(PACKAGE_ROOT, 'assets', 'tiny-tokenizer');
 
-export function resolveBackend(requested: 'auto' | Backend): Backend {
+/** What a backend lacks for a training run (empty when it can run it). */
+function missingFeatures(backend: Backend, lora: boolean): string[] {
+  const f = loadAddon().backendFeatures(backend);
+  return [...(f.generate ? [] : ['generate() (sampling, issue 5)']), ...(lora && !f.lora ? ['LoRA (issue 7)'] : [])];
+}
+
+/**
+ * The backend for a training or evaluation run: 'auto' takes CUDA when a GPU is present and its engine can run the
+ * whole job, else the CPU (saying why on stderr); an explicit backend that cannot is an error naming what it lacks.
+ */
+export function resolveBackend(requested: 'auto' | Backend, needs: { lora: boolean } = { lora: false }): Backend {
   const available = loadAddon().backends();
-  if (requested === 'auto') return available.includes('cuda') ? 'cuda' : 'cpu';
+  if (requested === 'auto') {
+    if (!available.includes('cuda')) return 'cpu';
+    const missing = missingFeatures('cuda', needs.lora);
+    if (missing.length === 0) return 'cuda';
+    process.stderr.write(`webgrpo: using the CPU backend: the CUDA engine has no ${missing.join(' and no ')} yet\n`);
+    return 'cpu';
+  }
   if (!available.includes(requested))
     throw new Error(`backend '${requested}' is not available in this build (available: ${available.join(', ')})`);
+  const missing = missingFeatures(requested, needs.lora);
+  if (missing.length)
+    throw new Error(`backend '${requested}' cannot run training yet: its engine has no ${missing.join(' and no ')}`);
   return requested;
 }
 
@@ -40,10 +59,10 @@ export function loraSettings(cfg: TrainConfig): LoraSettings | undefined {
  * holds the adapter only (adapter/, PEFT format), over the base the config names.
  */
 export async function loadPolicy(cfg: TrainConfig, source?: PolicySource): Promise<LoadedPolicy> {
-  const backend = resolveBackend(cfg.model.backend);
+  const lora = loraSettings(cfg);
+  const backend = resolveBackend(cfg.model.backend, { lora: lora !== undefined });
   const tokenizerDir = cfg.model.tokenizer ?? (cfg.model.init === 'pretrained' ? cfg.model.path! : TINY_TOKENIZER_DIR);
   const tokenizer = await ChatTokenizer.load(tokenizerDir);
-  const lora = loraSettings(cfg);
   const checkpoint = source && 'checkpoint' in source ? source.checkpoint : undefined;
   const dir = source && 'modelDir' in source ? source.modelDir
     : checkpoint && !lora ? join(checkpoint, 'model')

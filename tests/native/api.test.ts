@@ -45,6 +45,13 @@ describe('native tensors', () => {
     model.dispose();
   });
 
+  it('reports what each backend implements, so a run picks one that can do the whole job', () => {
+    expect(addon().backendFeatures('cpu')).toEqual({ generate: true, lora: true });
+    // The CUDA engine says honestly what it lacks (when this build has one and a GPU is present).
+    if (addon().backends().includes('cuda')) expect(addon().backendFeatures('cuda')).toHaveProperty('generate');
+    expect(() => addon().backendFeatures('tpu' as never)).toThrow(/tpu/);
+  });
+
   it('rejects a byte count that does not match the shape, and unknown dtypes/devices', () => {
     expect(() => addon().tensorFromBytes(new Uint8Array(6), [2, 2], 'f16', 'cpu')).toThrow(/needs 8 bytes, got 6/);
     expect(() => addon().tensorFromFloat32(new Float32Array(3), [2, 2], 'f32', 'cpu')).toThrow(/needs 4 values, got 3/);

@@ -1,5 +1,6 @@
 // Module entry: the free functions of NativeAddon (src/native/addon.ts).
 #include "binding/binding.h"
+#include "engine.h"
 
 namespace webgrpo::binding {
 namespace {
@@ -9,6 +10,16 @@ Napi::Value backends(const Napi::CallbackInfo& info) {
   list.Set(uint32_t(0), "cpu");
   if (cudaAvailable()) list.Set(uint32_t(1), "cuda");
   return list;
+}
+
+Napi::Value backendFeatures(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), "backendFeatures", [&]() -> Napi::Value {
+    webgrpo::BackendFeatures f = webgrpo::backendFeatures(parseDevice(requireString(info[0], "backendFeatures: backend")));
+    auto out = Napi::Object::New(info.Env());
+    out.Set("generate", f.generate);
+    out.Set("lora", f.lora);
+    return out;
+  });
 }
 
 Napi::Value tensorFromBytes(const Napi::CallbackInfo& info) {
@@ -44,6 +55,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   initTensorClass(env, *data);
   initModelClass(env, *data);
   exports.Set("backends", Napi::Function::New(env, backends, "backends"));
+  exports.Set("backendFeatures", Napi::Function::New(env, backendFeatures, "backendFeatures"));
   exports.Set("tensorFromBytes", Napi::Function::New(env, tensorFromBytes, "tensorFromBytes"));
   exports.Set("tensorFromFloat32", Napi::Function::New(env, tensorFromFloat32, "tensorFromFloat32"));
   exports.Set("createModel", Napi::Function::New(env, createModel, "createModel"));

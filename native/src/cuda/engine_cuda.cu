@@ -734,7 +734,8 @@ class CudaEngine final : public Engine {
 
 // Registers the backend with the engine factory (engine.h) when the addon is loaded.
 const bool cudaEngineRegistered = [] {
-  registerEngineFactory(Device::CUDA, [](const ModelConfig& config, int threads) { return createCudaEngine(config, threads); });
+  registerEngineFactory(Device::CUDA, [](const ModelConfig& config, int threads) { return createCudaEngine(config, threads); },
+                        BackendFeatures{/*generate=*/false, /*lora=*/false});
   return true;
 }();
 
