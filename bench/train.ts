@@ -87,7 +87,7 @@ async function main(): Promise<number> {
     const { config, native, model, parameters } = createRandomModel(opts);
     try {
       if (rank !== null)
-        native.enableLora({ rank, alpha: 2 * rank, rslora: false, targets: LORA_TARGETS, seed: opts.seed });
+        native.enableLora({ rank, alpha: 2 * rank, dropout: 0, rslora: false, targets: LORA_TARGETS, seed: opts.seed });
       const rng = new Rng(opts.seed + 1);
       const request = trainRequest(rng, shape, config.vocabSize);
       const scoredCount = shape.batch * shape.scored;

@@ -59,6 +59,7 @@ struct ScoreArgs {
   const int32_t* allowedTokens = nullptr;
   bool keepActivations = false;
   bool adapters = true;                     // false: the base model alone (LoRA's frozen reference policy)
+  uint64_t dropoutSeed = 0;                 // seeds LoRA dropout masks of a training pass (keepActivations)
 };
 
 struct ScoreOutput {
@@ -101,10 +102,12 @@ struct GenerateArgs {
 
 // LoRA as PEFT does it: lora_A [rank, in] (Kaiming-uniform), lora_B [out, rank] (zeros), y = W x + s·B(A x) with
 // s = alpha/rank (alpha/sqrt(rank) for rsLoRA). targets are module names: q_proj k_proj v_proj out_proj (attention),
-// in_proj out_proj (short conv), w1 w2 w3 (MLP); each must match some layer.
+// in_proj out_proj (short conv), w1 w2 w3 (MLP); each must match some layer. dropout acts on the adapter's input in
+// training passes (score with keepActivations) only, as PEFT's does in train mode.
 struct LoraConfig {
   int64_t rank = 8;
   float alpha = 16;
+  float dropout = 0;
   bool rslora = false;
   std::vector<std::string> targets;
   uint64_t seed = 0;

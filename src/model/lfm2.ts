@@ -132,10 +132,7 @@ export class Lfm2Model {
   /** Adds LoRA adapters (PEFT init, seeded) and freezes the base weights. */
   enableLora(settings: LoraSettings, seed: number): void {
     this.assertLive();
-    if (settings.dropout > 0)
-      throw new Error(`lora.dropout = ${settings.dropout}: adapter dropout is not implemented yet (the engines apply ` +
-        'adapters without dropout); set lora.dropout: 0');
-    this.native.enableLora({ rank: settings.r, alpha: settings.alpha, rslora: settings.useRslora,
+    this.native.enableLora({ rank: settings.r, alpha: settings.alpha, dropout: settings.dropout, rslora: settings.useRslora,
       targets: settings.targets, seed });
     this.loraSettings = { ...settings, targets: [...settings.targets] };
   }

@@ -53,6 +53,8 @@ export interface ScoreRequest extends TokenBatch {
   keepActivations: boolean;
   /** false: score with the base model alone, LoRA adapters off (the frozen reference). Default true. */
   adapters?: boolean;
+  /** Seeds the LoRA dropout masks of a training pass (keepActivations); the same seed gives the same masks. */
+  dropoutSeed?: number;
 }
 
 export interface ScoreResult {
@@ -115,10 +117,12 @@ export interface ParameterInfo {
   shape: number[];
 }
 
-/** LoRA as PEFT does it (dropout 0): see native/src/engine.h, LoraConfig. */
+/** LoRA as PEFT does it: see native/src/engine.h, LoraConfig. */
 export interface LoraOptions {
   rank: number;
   alpha: number;
+  /** Dropout on the adapter's input, in training passes (score with keepActivations) only. */
+  dropout: number;
   /** Scale alpha/sqrt(rank) instead of alpha/rank. */
   rslora: boolean;
   /** Module names: q_proj k_proj v_proj out_proj in_proj w1 w2 w3; each must match some layer. */

@@ -146,8 +146,11 @@ async function update(model: NativeModel, reference: Reference | undefined, samp
   let steps = 0;
   for (let iteration = 0; iteration < cfg.grpo.num_iterations; iteration++) {
     model.zeroGrad();
+    let microIndex = 0;
     for (const mb of microBatches(active, micro)) {
-      const s = await trainMicroBatch(model, mb, loss, batch, temperature, 1);
+      // LoRA dropout masks: a function of (run seed, optimizer step, micro-batch), so a resumed run draws the same.
+      const dropoutSeed = (cfg.seed * 2_654_435_761 + (optimizerStep + steps) * 40_503 + microIndex++) % 2 ** 53;
+      const s = await trainMicroBatch(model, mb, loss, batch, temperature, 1, dropoutSeed);
       for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += s[k];
     }
     gradNorm = active.length ? await model.gradNorm() : 0;

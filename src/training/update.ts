@@ -84,9 +84,9 @@ export async function scoreSamples(model: NativeModel, samples: readonly StepSam
 
 /** Forward + loss + backward for one micro-batch; gradients accumulate in the model, scaled by `gradScale`. */
 export async function trainMicroBatch(model: NativeModel, micro: readonly TrainSample[], loss: LossSettings,
-  batch: BatchSize, temperature: number, gradScale: number): Promise<MicroBatchStats> {
+  batch: BatchSize, temperature: number, gradScale: number, dropoutSeed = 0): Promise<MicroBatchStats> {
   const samples = micro.map((m) => m.sample);
-  const result = await model.score(buildScoreRequest(samples, temperature, true));
+  const result = await model.score({ ...buildScoreRequest(samples, temperature, true), dropoutSeed });
   const logprobs = split(result.logprobs, samples);
   const entropy = split(result.entropy, samples);
   const out = grpoLoss(

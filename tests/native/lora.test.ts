@@ -6,7 +6,7 @@ import { addon, gradientCheck, leftPad, rng, scoreRequest, setValues, tinyModel 
 
 const ALL = ['q_proj', 'k_proj', 'v_proj', 'out_proj', 'in_proj', 'w1', 'w2', 'w3'];
 const lora = (overrides: Partial<LoraOptions> = {}): LoraOptions =>
-  ({ rank: 4, alpha: 8, rslora: false, targets: ALL, seed: 5, ...overrides });
+  ({ rank: 4, alpha: 8, dropout: 0, rslora: false, targets: ALL, seed: 5, ...overrides });
 
 /** Gives every lora_B random values, so the adapters change the model (PEFT starts them at zero). */
 function randomizeB(model: NativeModel, seed: number, range = 0.3) {
@@ -99,6 +99,54 @@ describe('LoRA (CPU engine)', () => {
     expect((await gradientCheck(rs, 64)).failures).toEqual([]);
     plain.dispose();
     rs.dispose();
+  });
+
+  it('dropout acts in training passes only, is fixed by its seed, and its gradients match finite differences', async () => {
+    const model = tinyModel(3, 0.3);
+    model.enableLora(lora({ dropout: 0.3 }));
+    randomizeB(model, 8);
+    const plain = tinyModel(3, 0.3);
+    plain.enableLora(lora());
+    randomizeB(plain, 8);
+    const request = scoreRequest(5, 64, 1);
+    const noDropout = (await plain.score(request)).logprobs;
+    // Scoring (sampling's log-probs, the KL reference) never drops.
+    expect(Array.from((await model.score(request)).logprobs)).toEqual(Array.from(noDropout));
+    const train = (seed: number) => model.score({ ...request, keepActivations: true, dropoutSeed: seed });
+    const a = (await train(1)).logprobs;
+    expect(Array.from((await train(1)).logprobs)).toEqual(Array.from(a));
+    expect(Array.from((await train(2)).logprobs)).not.toEqual(Array.from(a));
+    expect(Array.from(a)).not.toEqual(Array.from(noDropout));
+    // Finite differences of a training pass with one fixed mask: backward regenerates exactly that mask.
+    const rand = rng(41);
+    const scored = request.scoreMask.reduce((x, y) => x + y, 0);
+    const weights = Float32Array.from({ length: scored }, () => rand() * 2 - 1);
+    const loss = async () => {
+      const { logprobs } = await train(7);
+      return logprobs.reduce((acc, lp, k) => acc + weights[k] * lp, 0);
+    };
+    model.zeroGrad();
+    await train(7);
+    await model.backward(weights);
+    const failures: string[] = [];
+    for (const { name, shape } of model.trainableInfo()) {
+      const grad = model.getGradient(name).toFloat32();
+      const param = model.getParameter(name).toFloat32();
+      const i = Array.from(grad.keys()).sort((x, y) => Math.abs(grad[y]) - Math.abs(grad[x]))[0];
+      const original = param[i];
+      const at = async (v: number) => {
+        param[i] = v;
+        setValues(model, name, param, shape);
+        return loss();
+      };
+      const numeric = ((await at(original + 3e-3)) - (await at(original - 3e-3))) / 6e-3;
+      await at(original);
+      if (Math.abs(numeric - grad[i]) > 0.03 * Math.abs(grad[i]) + 2e-3) failures.push(`${name}[${i}]: ${grad[i]} vs ${numeric}`);
+    }
+    expect(failures).toEqual([]);
+    expect(() => tinyModel(1, 0.3).enableLora(lora({ dropout: 1 }))).toThrow(/dropout must be in \[0, 1\)/);
+    model.dispose();
+    plain.dispose();
   });
 
   it('AdamW moves the adapters only; adapters: false scores the frozen base', async () => {

@@ -14,12 +14,12 @@ import { loadPolicy } from '../../src/training/policy.js';
 import { train } from '../../src/training/trainer.js';
 import { buildScoreRequest } from '../../src/training/update.js';
 
-function loraConfig(runDir: string, steps: number, beta = 0.05): TrainConfig {
+function loraConfig(runDir: string, steps: number, beta = 0.05, dropout = 0): TrainConfig {
   return validateTrainConfig({
     run_dir: runDir,
     seed: 4,
     model: { init: 'random', preset: 'tiny', backend: 'cpu' },
-    lora: { enabled: true, r: 4, alpha: 8, targets: ['q_proj', 'v_proj', 'in_proj', 'w1', 'w2'] },
+    lora: { enabled: true, r: 4, alpha: 8, dropout, targets: ['q_proj', 'v_proj', 'in_proj', 'w1', 'w2'] },
     env: { tasks: ['click-test', 'click-button'], max_steps: 1, concurrency: 8 },
     prompt: { axtree_max_chars: 400, history: 0 },
     sampling: { max_new_tokens: 12, constrained: true },
@@ -82,6 +82,17 @@ describe('LoRA GRPO end to end (CPU engine, Chromium)', () => {
     a.forEach((x, i) => expect(x).toBeCloseTo(b[i], 4));
     expect(Array.from(base)).toEqual(Array.from((await fresh.native.score(request)).logprobs));
     for (const m of [merged, reloaded.model, straight.model, fresh]) m.dispose();
+  });
+
+  it('with adapter dropout, a resumed run still continues exactly (the masks follow the optimizer step)', async () => {
+    const straight = await train(loraConfig(mkdtempSync(join(tmpdir(), 'webgrpo-lora-drop-')), 2, 0, 0.2));
+    const dir = mkdtempSync(join(tmpdir(), 'webgrpo-lora-drop-resumed-'));
+    (await train(loraConfig(dir, 2, 0, 0.2), { stopAfter: 1 })).model.dispose();
+    const resumed = await train(loraConfig(dir, 2, 0, 0.2), { resume: true });
+    expect(adapterWeights(resumed.model)).toEqual(adapterWeights(straight.model));
+    expect(JSON.parse(readFileSync(join(latestCheckpoint(dir)!, 'adapter', 'adapter_config.json'), 'utf8')).lora_dropout).toBe(0.2);
+    straight.model.dispose();
+    resumed.model.dispose();
   });
 
   it('refuses an adapter whose settings differ from the config, naming both', async () => {

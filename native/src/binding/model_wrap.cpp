@@ -238,6 +238,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       lc.rank = requireInteger(o.Get("rank"), "enableLora: rank", 1, 1 << 20);
       lc.alpha = float(requireNumber(o.Get("alpha"), "enableLora: alpha"));
       lc.rslora = requireBoolean(o.Get("rslora"), "enableLora: rslora");
+      lc.dropout = float(requireNumber(o.Get("dropout"), "enableLora: dropout"));
       lc.seed = uint64_t(requireInteger(o.Get("seed"), "enableLora: seed", 0, int64_t(1) << 53));
       Napi::Value targets = o.Get("targets");
       if (!targets.IsArray()) throw std::invalid_argument("enableLora: targets must be an array of module names");
@@ -347,6 +348,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       in->args.keepActivations = requireBoolean(req.Get("keepActivations"), "score: keepActivations");
       Napi::Value adapters = req.Get("adapters");
       if (!adapters.IsUndefined()) in->args.adapters = requireBoolean(adapters, "score: adapters");
+      Napi::Value dropoutSeed = req.Get("dropoutSeed");
+      if (!dropoutSeed.IsUndefined())
+        in->args.dropoutSeed = uint64_t(requireInteger(dropoutSeed, "score: dropoutSeed", 0, int64_t(1) << 53));
       Napi::Value allowed = req.Get("allowed");
       if (!allowed.IsUndefined() && !allowed.IsNull()) {
         Napi::Object a = requireObject(allowed, "score: allowed");

@@ -23,6 +23,19 @@ struct LayerOffsets {
   int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
 };
 
+// A LoRA adapter of one base weight.
+struct LoraSlot {
+  int64_t a = -1, b = -1;  // offsets into the adapter arenas
+  uint64_t index = 0;      // the adapter's number, for its dropout stream
+};
+
+// How a forward pass applies LoRA adapters: on or off, and with adapter dropout (a training pass) or without.
+struct AdapterPass {
+  bool on = true;
+  bool dropout = false;
+  uint64_t dropoutSeed = 0;  // with the adapter's index, seeds its mask, so backward regenerates the same one
+};
+
 // Everything the forward pass keeps for backward (and prefill reads its caches from).
 struct LayerActivations {
   vector<float> xIn, rstdOp, normed;                                  // residual in, operator_norm output
@@ -44,7 +57,7 @@ struct Activations {
   vector<int32_t> allowedOffsets, allowedTokens;
   bool hasAllowed = false;
   float temperature = 1.0f;
-  bool adapters = true;  // LoRA adapters applied in this forward
+  AdapterPass adapters;  // how LoRA adapters applied in this forward
 };
 
 // Decoding state of one sequence.
@@ -147,6 +160,8 @@ class CpuEngine final : public Engine {
     if (loraEnabled_) throw std::runtime_error("enableLora: this model already has LoRA adapters");
     if (lc.rank < 1) throw std::invalid_argument("enableLora: rank must be >= 1, got " + std::to_string(lc.rank));
     if (!(lc.alpha > 0)) throw std::invalid_argument("enableLora: alpha must be > 0");
+    if (!(lc.dropout >= 0 && lc.dropout < 1))
+      throw std::invalid_argument("enableLora: dropout must be in [0, 1), got " + std::to_string(lc.dropout));
     if (lc.targets.empty()) throw std::invalid_argument("enableLora: targets is empty");
     static const char* kModules[] = {"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"};
     for (const std::string& t : lc.targets)
@@ -181,6 +196,7 @@ class CpuEngine final : public Engine {
     for (auto& [offset, base] : chosen) {
       const vector<int64_t>& shape = table_[index_.at(base + ".weight")].shape;  // [out, in]
       LoraSlot slot;
+      slot.index = loraOf_.size();
       for (const char* which : {"lora_A", "lora_B"}) {
         ParameterInfo info{base + "." + which + ".weight",
                            which[5] == 'A' ? vector<int64_t>{lc.rank, shape[1]} : vector<int64_t>{shape[0], lc.rank}};
@@ -203,6 +219,7 @@ class CpuEngine final : public Engine {
       for (int64_t j = 0; j < loraNumels_[i]; j++) a[j] = float((2 * cpu::rng_uniform(rng) - 1) * bound);
     }
     loraRank_ = lc.rank;
+    loraDropout_ = lc.dropout;
     loraScale_ = lc.rslora ? float(lc.alpha / std::sqrt(double(lc.rank))) : float(lc.alpha / double(lc.rank));
     loraEnabled_ = true;
     // The base is frozen: its gradients and moments are no longer needed.
@@ -287,7 +304,9 @@ class CpuEngine final : public Engine {
       }
     }
     acts->temperature = args.temperature;
-    acts->adapters = args.adapters;
+    acts->adapters.on = args.adapters;
+    acts->adapters.dropout = args.keepActivations && loraDropout_ > 0;
+    acts->adapters.dropoutSeed = args.dropoutSeed;
     forward(batch, *acts, args.keepActivations);
     vector<float> hidden = gatherRows(acts->xFinal, acts->scoredRows, H);
     ScoreOutput out;
@@ -305,7 +324,7 @@ class CpuEngine final : public Engine {
     setThreads();
     if (!saved_) throw std::runtime_error("backward: no activations kept; call score() with keepActivations: true first");
     Activations& a = *saved_;
-    if (loraEnabled_ && !a.adapters)
+    if (loraEnabled_ && !a.adapters.on)
       throw std::runtime_error("backward: the last score() ran with adapters: false; the adapters get no gradient from it");
     const int64_t S = int64_t(a.scoredRows.size());
     if (count != S)
@@ -331,34 +350,34 @@ class CpuEngine final : public Engine {
       LayerActivations& la = a.layers[l];
       // Feed forward: x_out = x_mid + w2(silu(w1 f) * w3 f), f = ffn_norm(x_mid).
       vector<float> dAct(N * I, 0.0f), dGate(N * I, 0.0f), dUp(N * I, 0.0f), dFfnIn(N * H, 0.0f);
-      linearBackward(dAct.data(), lo.w2, dx.data(), la.act.data(), N, I, H);
+      linearBackward(dAct.data(), lo.w2, dx.data(), la.act.data(), N, I, H, a.adapters);
       cpu::swiglu_backward(dGate.data(), dUp.data(), dAct.data(), la.gate.data(), la.up.data(), N * I);
-      linearBackward(dFfnIn.data(), lo.w1, dGate.data(), la.ffnIn.data(), N, H, I);
-      linearBackward(dFfnIn.data(), lo.w3, dUp.data(), la.ffnIn.data(), N, H, I);
+      linearBackward(dFfnIn.data(), lo.w1, dGate.data(), la.ffnIn.data(), N, H, I, a.adapters);
+      linearBackward(dFfnIn.data(), lo.w3, dUp.data(), la.ffnIn.data(), N, H, I, a.adapters);
       cpu::rmsnorm_backward(dx.data(), G(lo.ffnNorm), dFfnIn.data(), la.xMid.data(), P(lo.ffnNorm), la.rstdFfn.data(), N, H);
       // Operator: x_mid = x_in + op(operator_norm(x_in)).
       vector<float> dNormed(N * H, 0.0f);
       if (cfg_.layerTypes[l] == LayerKind::Conv) {
         vector<float> dY(N * H, 0.0f), dBcx(N * 3 * H, 0.0f), dConv(N * H, 0.0f), dBx(N * H, 0.0f);
-        linearBackward(dY.data(), lo.outProj, dx.data(), la.y.data(), N, H, H);
+        linearBackward(dY.data(), lo.outProj, dx.data(), la.y.data(), N, H, H, a.adapters);
         cpu::conv_gate_out_backward(dBcx.data(), dConv.data(), dY.data(), la.bcx.data(), la.conv.data(), N, H);
         cpu::causal_conv_backward(dBx.data(), G(lo.convWeight), dConv.data(), la.bx.data(), P(lo.convWeight), B, T, H, K);
         cpu::conv_gate_in_backward(dBcx.data(), dBx.data(), la.bcx.data(), N, H);
-        linearBackward(dNormed.data(), lo.inProj, dBcx.data(), la.normed.data(), N, H, 3 * H);
+        linearBackward(dNormed.data(), lo.inProj, dBcx.data(), la.normed.data(), N, H, 3 * H, a.adapters);
         cpu::mask_rows(dNormed.data(), a.mask.data(), N, H);
       } else {
         vector<float> dAttn(N * qDim, 0.0f), dq(N * qDim, 0.0f), dk(N * kvDim, 0.0f), dv(N * kvDim, 0.0f);
         vector<float> dqRaw(N * qDim, 0.0f), dkRaw(N * kvDim, 0.0f);
-        linearBackward(dAttn.data(), lo.o, dx.data(), la.attn.data(), N, qDim, H);
+        linearBackward(dAttn.data(), lo.o, dx.data(), la.attn.data(), N, qDim, H, a.adapters);
         cpu::attention_backward(dq.data(), dk.data(), dv.data(), dAttn.data(), la.attn.data(), la.lse.data(), la.q.data(),
                                 la.k.data(), la.v.data(), a.mask.data(), B, T, nh, nkv, hd);
         cpu::rope_backward(dq.data(), a.positions.data(), N, nh, hd, cfg_.ropeTheta);
         cpu::rope_backward(dk.data(), a.positions.data(), N, nkv, hd, cfg_.ropeTheta);
         cpu::rmsnorm_backward(dqRaw.data(), G(lo.qNorm), dq.data(), la.qRaw.data(), P(lo.qNorm), la.rstdQ.data(), N * nh, hd);
         cpu::rmsnorm_backward(dkRaw.data(), G(lo.kNorm), dk.data(), la.kRaw.data(), P(lo.kNorm), la.rstdK.data(), N * nkv, hd);
-        linearBackward(dNormed.data(), lo.q, dqRaw.data(), la.normed.data(), N, H, qDim);
-        linearBackward(dNormed.data(), lo.k, dkRaw.data(), la.normed.data(), N, H, kvDim);
-        linearBackward(dNormed.data(), lo.v, dv.data(), la.normed.data(), N, H, kvDim);
+        linearBackward(dNormed.data(), lo.q, dqRaw.data(), la.normed.data(), N, H, qDim, a.adapters);
+        linearBackward(dNormed.data(), lo.k, dkRaw.data(), la.normed.data(), N, H, kvDim, a.adapters);
+        linearBackward(dNormed.data(), lo.v, dv.data(), la.normed.data(), N, H, kvDim, a.adapters);
       }
       cpu::rmsnorm_backward(dx.data(), G(lo.operatorNorm), dNormed.data(), la.xIn.data(), P(lo.operatorNorm),
                             la.rstdOp.data(), N, H);
@@ -474,23 +493,38 @@ class CpuEngine final : public Engine {
   // A base parameter's gradient, or null when the base is frozen (LoRA): ops then skip that gradient.
   float* G(int64_t offset) { return loraEnabled_ ? nullptr : grads_.data() + offset; }
 
+  // The adapter's dropout mask for a pass: 0 with probability p, else 1/(1-p); empty without dropout.
+  vector<float> dropoutMask(const LoraSlot& slot, const AdapterPass& pass, int64_t n) const {
+    if (!pass.dropout) return {};
+    vector<float> mask(n);
+    uint64_t rng = cpu::rng_seed_for(pass.dropoutSeed, slot.index);
+    const float keep = 1.0f / (1.0f - loraDropout_);
+    for (int64_t i = 0; i < n; i++) mask[i] = cpu::rng_uniform(rng) < loraDropout_ ? 0.0f : keep;
+    return mask;
+  }
+
   // y = x·Wᵀ (+ the adapter's s·B(A x) when W has one and adapters are on). W is the base weight at wOffset.
-  void linearForward(float* y, const float* x, int64_t wOffset, int64_t rows, int64_t in, int64_t out, bool adapters) {
+  void linearForward(float* y, const float* x, int64_t wOffset, int64_t rows, int64_t in, int64_t out,
+                     const AdapterPass& pass) {
     cpu::matmul_forward(y, x, P(wOffset), rows, in, out);
-    if (!adapters || !loraEnabled_) return;
+    if (!pass.on || !loraEnabled_) return;
     auto it = loraOf_.find(wOffset);
     if (it == loraOf_.end()) return;
-    cpu::lora_forward(y, x, lora_.data() + it->second.a, lora_.data() + it->second.b, rows, in, out, loraRank_, loraScale_);
+    vector<float> mask = dropoutMask(it->second, pass, rows * in);
+    cpu::lora_forward(y, x, lora_.data() + it->second.a, lora_.data() + it->second.b, rows, in, out, loraRank_, loraScale_,
+                      mask.empty() ? nullptr : mask.data());
   }
   // Backward of linearForward with adapters on: dx always, W's gradient unless frozen, the adapter's if any.
-  void linearBackward(float* dx, int64_t wOffset, const float* dy, const float* x, int64_t rows, int64_t in, int64_t out) {
+  void linearBackward(float* dx, int64_t wOffset, const float* dy, const float* x, int64_t rows, int64_t in, int64_t out,
+                      const AdapterPass& pass) {
     cpu::matmul_backward(dx, G(wOffset), dy, x, P(wOffset), rows, in, out);
     if (!loraEnabled_) return;
     auto it = loraOf_.find(wOffset);
     if (it == loraOf_.end()) return;
     const LoraSlot& slot = it->second;
+    vector<float> mask = dropoutMask(slot, pass, rows * in);
     cpu::lora_backward(dx, loraGrads_.data() + slot.a, loraGrads_.data() + slot.b, dy, x, lora_.data() + slot.a,
-                       lora_.data() + slot.b, rows, in, out, loraRank_, loraScale_);
+                       lora_.data() + slot.b, rows, in, out, loraRank_, loraScale_, mask.empty() ? nullptr : mask.data());
   }
 
   void setThreads() { omp_set_num_threads(threads_ > 0 ? threads_ : omp_get_num_procs()); }
@@ -609,12 +643,10 @@ class CpuEngine final : public Engine {
   int64_t embedding_ = 0, finalNorm_ = 0, lmHead_ = 0;
 
   // LoRA: adapters live in arenas of their own; loraOf_ maps a base weight's offset to its adapter.
-  struct LoraSlot {
-    int64_t a = -1, b = -1;  // offsets into lora_ (and its gradient and moment arenas)
-  };
   bool loraEnabled_ = false;
   int64_t loraRank_ = 0;
   float loraScale_ = 0;
+  float loraDropout_ = 0;
   vector<ParameterInfo> loraTable_;
   std::unordered_map<std::string, size_t> loraIndex_;
   vector<int64_t> loraOffsets_, loraNumels_;
@@ -821,18 +853,18 @@ void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
     cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(lo.operatorNorm), n, H, cfg_.normEps);
     if (cfg_.layerTypes[l] == LayerKind::Conv) {
       vector<float> bcx(n * 3 * H), bx(n * H), conv(n * H), y(n * H);
-      linearForward(bcx.data(), normed.data(), lo.inProj, n, H, 3 * H, true);
+      linearForward(bcx.data(), normed.data(), lo.inProj, n, H, 3 * H, AdapterPass{});
       cpu::conv_gate_in_forward(bx.data(), bcx.data(), n, H);
 #pragma omp parallel for
       for (int64_t i = 0; i < n; i++)
         cpu::causal_conv_step(conv.data() + i * H, seqs[i]->convState[l].data(), bx.data() + i * H, P(lo.convWeight), H, K);
       cpu::conv_gate_out_forward(y.data(), bcx.data(), conv.data(), n, H);
-      linearForward(delta.data(), y.data(), lo.outProj, n, H, H, true);
+      linearForward(delta.data(), y.data(), lo.outProj, n, H, H, AdapterPass{});
     } else {
       vector<float> q(n * qDim), k(n * kvDim), v(n * kvDim), attn(n * qDim);
-      linearForward(q.data(), normed.data(), lo.q, n, H, qDim, true);
-      linearForward(k.data(), normed.data(), lo.k, n, H, kvDim, true);
-      linearForward(v.data(), normed.data(), lo.v, n, H, kvDim, true);
+      linearForward(q.data(), normed.data(), lo.q, n, H, qDim, AdapterPass{});
+      linearForward(k.data(), normed.data(), lo.k, n, H, kvDim, AdapterPass{});
+      linearForward(v.data(), normed.data(), lo.v, n, H, kvDim, AdapterPass{});
       cpu::rmsnorm_forward(q.data(), nullptr, q.data(), P(lo.qNorm), n * nh, hd, cfg_.normEps);
       cpu::rmsnorm_forward(k.data(), nullptr, k.data(), P(lo.kNorm), n * nkv, hd, cfg_.normEps);
       cpu::rope_forward(q.data(), positions.data(), n, nh, hd, cfg_.ropeTheta);
@@ -845,15 +877,15 @@ void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
         cpu::attention_decode(attn.data() + i * qDim, q.data() + i * qDim, st.kCache[l].data(), st.vCache[l].data(),
                               st.length + 1, nh, nkv, hd);
       }
-      linearForward(delta.data(), attn.data(), lo.o, n, qDim, H, true);
+      linearForward(delta.data(), attn.data(), lo.o, n, qDim, H, AdapterPass{});
     }
     cpu::residual_add(x.data(), delta.data(), n * H);
     vector<float> ffnIn(n * H), gate(n * I), up(n * I), act(n * I);
     cpu::rmsnorm_forward(ffnIn.data(), nullptr, x.data(), P(lo.ffnNorm), n, H, cfg_.normEps);
-    linearForward(gate.data(), ffnIn.data(), lo.w1, n, H, I, true);
-    linearForward(up.data(), ffnIn.data(), lo.w3, n, H, I, true);
+    linearForward(gate.data(), ffnIn.data(), lo.w1, n, H, I, AdapterPass{});
+    linearForward(up.data(), ffnIn.data(), lo.w3, n, H, I, AdapterPass{});
     cpu::swiglu_forward(act.data(), gate.data(), up.data(), n * I);
-    linearForward(delta.data(), act.data(), lo.w2, n, I, H, true);
+    linearForward(delta.data(), act.data(), lo.w2, n, I, H, AdapterPass{});
     cpu::residual_add(x.data(), delta.data(), n * H);
   }
   cpu::rmsnorm_forward(normed.data(), nullptr, x.data(), P(finalNorm_), n, H, cfg_.normEps);

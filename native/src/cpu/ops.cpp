@@ -218,23 +218,46 @@ void matmul_backward(float* dx, float* dweight, const float* dout, const float* 
 
 // ---- LoRA -----------------------------------------------------------------------------------------------------
 
+namespace {
+// x ⊙ mask, or x itself (no copy) without a mask.
+const float* masked(const float* x, const float* mask, int64_t n, std::vector<float>& storage) {
+  if (!mask) return x;
+  storage.resize(n);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) storage[i] = x[i] * mask[i];
+  return storage.data();
+}
+}  // namespace
+
 void lora_forward(float* out, const float* x, const float* a, const float* b, int64_t rows, int64_t in,
-                  int64_t out_features, int64_t rank, float scale) {
-  std::vector<float> u(rows * rank), delta(rows * out_features);
-  matmul_forward(u.data(), x, a, rows, in, rank);
+                  int64_t out_features, int64_t rank, float scale, const float* dropout_mask) {
+  std::vector<float> u(rows * rank), delta(rows * out_features), xdStorage;
+  const float* xd = masked(x, dropout_mask, rows * in, xdStorage);
+  matmul_forward(u.data(), xd, a, rows, in, rank);
   matmul_forward(delta.data(), u.data(), b, rows, rank, out_features);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows * out_features; i++) out[i] += scale * delta[i];
 }
 
 void lora_backward(float* dx, float* da, float* db, const float* dout, const float* x, const float* a, const float* b,
-                   int64_t rows, int64_t in, int64_t out_features, int64_t rank, float scale) {
-  std::vector<float> u(rows * rank), g(rows * out_features), du(rows * rank, 0.0f);
-  matmul_forward(u.data(), x, a, rows, in, rank);
+                   int64_t rows, int64_t in, int64_t out_features, int64_t rank, float scale,
+                   const float* dropout_mask) {
+  std::vector<float> u(rows * rank), g(rows * out_features), du(rows * rank, 0.0f), xdStorage;
+  const float* xd = masked(x, dropout_mask, rows * in, xdStorage);
+  matmul_forward(u.data(), xd, a, rows, in, rank);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows * out_features; i++) g[i] = scale * dout[i];
   matmul_backward(du.data(), db, g.data(), u.data(), b, rows, rank, out_features);
-  matmul_backward(dx, da, du.data(), x, a, rows, in, rank);
+  if (!dropout_mask) {
+    matmul_backward(dx, da, du.data(), xd, a, rows, in, rank);
+    return;
+  }
+  std::vector<float> dxd(dx ? rows * in : 0, 0.0f);
+  matmul_backward(dx ? dxd.data() : nullptr, da, du.data(), xd, a, rows, in, rank);
+  if (dx) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows * in; i++) dx[i] += dxd[i] * dropout_mask[i];
+  }
 }
 
 // ---- short conv -----------------------------------------------------------------------------------------------

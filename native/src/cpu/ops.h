@@ -41,16 +41,18 @@ void matmul_forward(float* out, const float* x, const float* weight, int64_t row
 void matmul_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight, int64_t rows,
                      int64_t in, int64_t out_features);
 
-// ---- LoRA adapter on a linear layer (PEFT's lora.Linear, dropout 0) ----------------------------------------------
-// out[r, o] += scale * Σ_j u[r, j] * b[o, j] with u = x · aᵀ: x [rows, in], a [rank, in] (lora_A), b [out, rank]
-// (lora_B), out [rows, out] (added to the base layer's output). scale = alpha / rank (alpha / sqrt(rank) for
-// rsLoRA).
+// ---- LoRA adapter on a linear layer (PEFT's lora.Linear) ----------------------------------------------------------
+// out[r, o] += scale * Σ_j u[r, j] * b[o, j] with u = xd · aᵀ, xd = x ⊙ dropout_mask (xd = x when the mask is
+// null): x [rows, in], a [rank, in] (lora_A), b [out, rank] (lora_B), out [rows, out] (added to the base layer's
+// output), dropout_mask [rows, in] of 0 or 1/(1-p). scale = alpha / rank (alpha / sqrt(rank) for rsLoRA).
 void lora_forward(float* out, const float* x, const float* a, const float* b, int64_t rows, int64_t in,
-                  int64_t out_features, int64_t rank, float scale);
-// Gradients of the above (u recomputed): g = scale * dout; du = g · b; db += gᵀ u; da += duᵀ x; dx += du · a.
-// Only the adapter's and the input's gradients: the base weight stays frozen.
+                  int64_t out_features, int64_t rank, float scale, const float* dropout_mask);
+// Gradients of the above with the same mask (u recomputed): g = scale * dout; du = g · b; db += gᵀ u;
+// da += duᵀ xd; dx += (du · a) ⊙ dropout_mask. Only the adapter's and the input's gradients: the base weight stays
+// frozen.
 void lora_backward(float* dx, float* da, float* db, const float* dout, const float* x, const float* a, const float* b,
-                   int64_t rows, int64_t in, int64_t out_features, int64_t rank, float scale);
+                   int64_t rows, int64_t in, int64_t out_features, int64_t rank, float scale,
+                   const float* dropout_mask);
 
 // ---- short conv block (Lfm2ShortConv) -------------------------------------------------------------------------
 // bcx [rows, 3H] is in_proj's output split in channel order B | C | x.
