@@ -95,4 +95,29 @@ std::unique_ptr<Engine> createEngine(Device device, const ModelConfig& config, i
   return factory(config, threads);
 }
 
+bool isNormWeight(const std::string& name) {
+  const std::string suffix = "norm.weight";
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+size_t lookupParameter(const std::unordered_map<std::string, size_t>& index, const std::vector<ParameterInfo>& table,
+                       const char* method, const std::string& name) {
+  auto it = index.find(name);
+  if (it == index.end())
+    throw std::invalid_argument(std::string(method) + "(" + name + "): unknown parameter name (this model has " +
+                                std::to_string(table.size()) + " parameters, e.g. " + table[0].name + ")");
+  return it->second;
+}
+
+void checkParameterShape(const char* method, const std::string& name, const std::vector<int64_t>& expected,
+                         const std::vector<int64_t>& got) {
+  if (expected != got)
+    throw std::invalid_argument(std::string(method) + "(" + name + "): expected shape " + shapeToString(expected) +
+                                ", got " + shapeToString(got));
+}
+
+std::string formatPosition(int64_t b, int64_t t) {
+  return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")";
+}
+
 }  // namespace webgrpo

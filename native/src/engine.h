@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "tensor.h"
@@ -158,6 +159,17 @@ class Engine {
 
 // The transformers tensor table of an LFM2 config, in checkpoint order (no lm_head.weight when tied).
 std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& config);
+
+// ---- helpers the engines share -------------------------------------------------------------------------------
+// Norm weights (operator_norm, ffn_norm, embedding_norm, q/k_layernorm) start at 1; every other tensor is random.
+bool isNormWeight(const std::string& name);
+// The index of `name` in `table`, or std::invalid_argument naming `method` and the parameter.
+size_t lookupParameter(const std::unordered_map<std::string, size_t>& index, const std::vector<ParameterInfo>& table,
+                       const char* method, const std::string& name);
+void checkParameterShape(const char* method, const std::string& name, const std::vector<int64_t>& expected,
+                         const std::vector<int64_t>& got);
+// "(row b, position t)" for messages about a batch entry.
+std::string formatPosition(int64_t b, int64_t t);
 
 using EngineFactory = std::function<std::unique_ptr<Engine>(const ModelConfig&, int threads)>;
 // What a backend's engine implements beyond forward/backward/AdamW, so callers can choose a backend that can run

@@ -75,8 +75,6 @@ struct SequenceState {
   GenerateOutput output;
 };
 
-std::string fmtPos(int64_t b, int64_t t) { return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")"; }
-
 class CpuEngine final : public Engine {
  public:
   CpuEngine(const ModelConfig& config, int threads) : cfg_(config), threads_(threads) {
@@ -128,7 +126,7 @@ class CpuEngine final : public Engine {
 
   void setParameter(const std::string& name, const Tensor& value) override {
     Located t = locate("setParameter", name);
-    checkShape("setParameter", name, t.shape, value.shape());
+    checkParameterShape("setParameter", name, t.shape, value.shape());
     vector<float> data = value.toFloat32();
     std::memcpy(t.arenas.params->data() + t.offset, data.data(), data.size() * sizeof(float));
   }
@@ -149,7 +147,7 @@ class CpuEngine final : public Engine {
 
   void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
     Located t = locate("setOptimizerState", name);
-    checkShape("setOptimizerState", name, t.shape, value.shape());
+    checkParameterShape("setOptimizerState", name, t.shape, value.shape());
     ensureOptimizerState();
     vector<float> data = value.toFloat32();
     vector<float>& arena = which == 'm' ? *t.arenas.m : *t.arenas.v;
@@ -271,10 +269,10 @@ class CpuEngine final : public Engine {
     for (int64_t b = 0; b < batch.batch; b++) {
       for (int64_t t = 0; t < T; t++) {
         if (!args.scoreMask[b * T + t]) continue;
-        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + ", which has no token before it");
-        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + fmtPos(b, t));
+        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + ", which has no token before it");
+        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + formatPosition(b, t));
         if (!batch.mask[b * T + t - 1])
-          throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + " but the token before it is padding");
+          throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + " but the token before it is padding");
         acts->scoredRows.push_back(b * T + t - 1);
         acts->targets.push_back(batch.tokens[b * T + t]);
       }
@@ -298,7 +296,7 @@ class CpuEngine final : public Engine {
         if (std::find(begin, end, acts->targets[r]) == end) {
           int64_t row = acts->scoredRows[r] + 1;
           throw std::invalid_argument("score: token " + std::to_string(acts->targets[r]) + " at " +
-                                      fmtPos(row / T, row % T) + " (scored position " + std::to_string(r) +
+                                      formatPosition(row / T, row % T) + " (scored position " + std::to_string(r) +
                                       ") is not among its allowed tokens");
         }
       }
@@ -415,30 +413,9 @@ class CpuEngine final : public Engine {
 
  private:
   // ---- parameter table --------------------------------------------------------------------------------------
-  static bool isNormWeight(const std::string& name) {
-    auto endsWith = [&](const char* suffix) {
-      size_t n = std::strlen(suffix);
-      return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
-    };
-    return endsWith("norm.weight");  // operator_norm, ffn_norm, embedding_norm, q_layernorm, k_layernorm
-  }
-
   int64_t offsetOf(const std::string& name) const { return offsets_[index_.at(name)]; }
 
-  size_t lookup(const char* method, const std::string& name) const {
-    auto it = index_.find(name);
-    if (it == index_.end())
-      throw std::invalid_argument(std::string(method) + "(" + name + "): unknown parameter name (this model has " +
-                                  std::to_string(table_.size()) + " parameters, e.g. " + table_[0].name + ")");
-    return it->second;
-  }
-
-  static void checkShape(const char* method, const std::string& name, const vector<int64_t>& expected,
-                         const vector<int64_t>& got) {
-    if (expected != got)
-      throw std::invalid_argument(std::string(method) + "(" + name + "): expected shape " + shapeToString(expected) +
-                                  ", got " + shapeToString(got));
-  }
+  size_t lookup(const char* method, const std::string& name) const { return lookupParameter(index_, table_, method, name); }
 
   // The four arenas of a set of tensors (the base's, or the adapters').
   struct Arenas {
@@ -536,7 +513,7 @@ class CpuEngine final : public Engine {
       int32_t tok = batch.tokens[i];
       if (tok < 0 || tok >= cfg_.vocabSize)
         throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
-                                    fmtPos(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
+                                    formatPosition(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
                                     std::to_string(cfg_.vocabSize) + ")");
     }
   }

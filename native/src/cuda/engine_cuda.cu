@@ -121,15 +121,6 @@ struct Acts {
   float* rowDot = nullptr;
 };
 
-std::string fmtPos(int64_t b, int64_t t) {
-  return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")";
-}
-
-bool isNormWeight(const std::string& name) {
-  const std::string suffix = "norm.weight";
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 class CudaEngine final : public Engine {
  public:
   CudaEngine(const ModelConfig& config, int threads) : cfg_(config), threads_(threads) {
@@ -219,7 +210,7 @@ class CudaEngine final : public Engine {
 
   void setParameter(const std::string& name, const Tensor& value) override {
     const size_t i = lookup("setParameter", name);
-    checkShape("setParameter", name, table_[i].shape, value.shape());
+    checkParameterShape("setParameter", name, table_[i].shape, value.shape());
     uploadSlice(masterPtr() + offsets_[i], value.toFloat32());
     cuda::convertF32ToBf16(masterPtr() + offsets_[i], computePtr() + offsets_[i], numels_[i], stream_);
     sync();
@@ -239,7 +230,7 @@ class CudaEngine final : public Engine {
   }
   void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
     const size_t i = lookup("setOptimizerState", name);
-    checkShape("setOptimizerState", name, table_[i].shape, value.shape());
+    checkParameterShape("setOptimizerState", name, table_[i].shape, value.shape());
     uploadSlice(momentPtr(which) + offsets_[i], value.toFloat32());
     sync();
   }
@@ -291,10 +282,10 @@ class CudaEngine final : public Engine {
     for (int64_t b = 0; b < batch.batch; b++)
       for (int64_t t = 0; t < T; t++) {
         if (!args.scoreMask[b * T + t]) continue;
-        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + ", which has no token before it");
-        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + fmtPos(b, t));
+        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + ", which has no token before it");
+        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + formatPosition(b, t));
         if (!batch.mask[b * T + t - 1])
-          throw std::invalid_argument("score: scoreMask is set at " + fmtPos(b, t) + " but the token before it is padding");
+          throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + " but the token before it is padding");
         scoredRows.push_back(int32_t(b * T + t - 1));
         targets.push_back(batch.tokens[b * T + t]);
       }
@@ -318,7 +309,7 @@ class CudaEngine final : public Engine {
                                       " contain a repeated id");
         if (!std::binary_search(row.begin(), row.end(), targets[r])) {
           const int64_t pos = scoredRows[r] + 1;
-          throw std::invalid_argument("score: token " + std::to_string(targets[r]) + " at " + fmtPos(pos / T, pos % T) +
+          throw std::invalid_argument("score: token " + std::to_string(targets[r]) + " at " + formatPosition(pos / T, pos % T) +
                                       " (scored position " + std::to_string(r) + ") is not among its allowed tokens");
         }
       }
@@ -501,20 +492,7 @@ class CudaEngine final : public Engine {
 
   int64_t offsetOf(const std::string& name) const { return offsets_[index_.at(name)]; }
 
-  size_t lookup(const char* method, const std::string& name) const {
-    auto it = index_.find(name);
-    if (it == index_.end())
-      throw std::invalid_argument(std::string(method) + "(" + name + "): unknown parameter name (this model has " +
-                                  std::to_string(table_.size()) + " parameters, e.g. " + table_[0].name + ")");
-    return it->second;
-  }
-
-  static void checkShape(const char* method, const std::string& name, const vector<int64_t>& expected,
-                         const vector<int64_t>& got) {
-    if (expected != got)
-      throw std::invalid_argument(std::string(method) + "(" + name + "): expected shape " + shapeToString(expected) +
-                                  ", got " + shapeToString(got));
-  }
+  size_t lookup(const char* method, const std::string& name) const { return lookupParameter(index_, table_, method, name); }
 
   void validateBatch(const char* method, const TokenBatchView& batch) const {
     if (batch.batch <= 0 || batch.seqLen <= 0)
@@ -525,7 +503,7 @@ class CudaEngine final : public Engine {
       const int32_t tok = batch.tokens[i];
       if (tok < 0 || tok >= cfg_.vocabSize)
         throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
-                                    fmtPos(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
+                                    formatPosition(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
                                     std::to_string(cfg_.vocabSize) + ")");
     }
   }
