@@ -1,5 +1,6 @@
 // Loads the policy a config asks for: model weights (seeded random init of a preset, a Hugging Face folder, or
 // a checkpoint) on the chosen backend, and the tokenizer with its chat template.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../paths.js';
 import { loadAddon, type Backend } from '../native/addon.js';
@@ -61,6 +62,9 @@ export function loraSettings(cfg: TrainConfig): LoraSettings | undefined {
 export async function loadPolicy(cfg: TrainConfig, source?: PolicySource): Promise<LoadedPolicy> {
   const lora = loraSettings(cfg);
   const backend = resolveBackend(cfg.model.backend, { lora: lora !== undefined });
+  if (cfg.model.init === 'pretrained' && !existsSync(cfg.model.path!))
+    throw new Error(`model.path: ${cfg.model.path} does not exist (expected a Hugging Face LFM2 folder: config.json, ` +
+      'model.safetensors, tokenizer.json, tokenizer_config.json; or use model.init: random with a preset)');
   const tokenizerDir = cfg.model.tokenizer ?? (cfg.model.init === 'pretrained' ? cfg.model.path! : TINY_TOKENIZER_DIR);
   const tokenizer = await ChatTokenizer.load(tokenizerDir);
   const checkpoint = source && 'checkpoint' in source ? source.checkpoint : undefined;

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { applyOverride, ConfigError, loadTrainConfig } from '../../src/training/config.js';
+import { loadPolicy } from '../../src/training/policy.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'webgrpo-config-'));
 function write(name: string, text: string): string {
@@ -54,5 +55,10 @@ describe('training config', () => {
     expect(cfg.sampling.constrained).toBe(true);
     expect(() => applyOverride({ grpo: 3 }, 'grpo.steps=1')).toThrow(/grpo is not a section/);
     expect(() => applyOverride({}, 'novalue')).toThrow(/expected key=value/);
+  });
+
+  it('a pretrained model path that does not exist is an error naming the field and what belongs there', async () => {
+    const cfg = loadTrainConfig(write('missing-model.yaml', `model:\n  init: pretrained\n  path: ${join(dir, 'no-such-model')}\n`));
+    await expect(loadPolicy(cfg)).rejects.toThrow(/model\.path: .*no-such-model does not exist \(expected a Hugging Face LFM2 folder: config\.json/);
   });
 });
