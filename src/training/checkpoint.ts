@@ -1,6 +1,7 @@
 // Checkpoints: <run_dir>/checkpoints/step-NNNNNN/ holding model/ (a Hugging Face folder, fp32) or, for LoRA, adapter/
-// (a PEFT adapter folder; the frozen base is the config's), optimizer.safetensors (AdamW m and v per trainable tensor) and state.json (step counters and the trainer's RNG). Written into a temporary
-// folder and renamed into place, so a crash never leaves a half-written checkpoint under a real name.
+// (a PEFT adapter folder; the frozen base is the config's), optimizer.safetensors (AdamW m and v per trainable
+// tensor) and state.json (step counters and the trainer's RNG). Written into a temporary folder and renamed into
+// place, so a crash never leaves a half-written checkpoint under a real name.
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadAddon } from '../native/addon.js';

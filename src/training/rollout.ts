@@ -180,8 +180,9 @@ async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: Ro
       }
     })),
   );
-  const partitions = Array.from({ length: Math.max(1, s.pipeline) }, (_, k) =>
-    live.filter((ep) => ep.record.group % Math.max(1, s.pipeline) === k)).filter((part) => part.length > 0);
+  const count = Math.max(1, s.pipeline);
+  const partitions = Array.from({ length: count }, (_, k) => live.filter((ep) => ep.record.group % count === k))
+    .filter((part) => part.length > 0);
   // The native model runs one call at a time: partitions queue for it.
   let modelTurn: Promise<unknown> = Promise.resolve();
   const withModel = <T>(work: () => Promise<T>): Promise<T> => {
@@ -236,7 +237,10 @@ async function runWave(pool: EnvPool, policy: Policy, live: LiveEpisode[], s: Ro
   };
 
   try {
-    await Promise.all(partitions.map((part, k) => runPartition(part, k)));
+    // Every partition settles before the environments are released, also when one of them fails.
+    const settled = await Promise.allSettled(partitions.map((part, k) => runPartition(part, k)));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   } finally {
     await Promise.all(live.map((ep) => ep.episode?.release().catch(() => undefined)));
     timings.envSeconds += env.seconds;
