@@ -30,15 +30,11 @@ using cuda::bf16;
   } while (0)
 
 // ---- random inputs --------------------------------------------------------------------------------------------
+// The reference ops' splitmix64 stream.
 struct Rng {
   uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * 0x1.0p-53; }
+  uint64_t next() { return cpu::rng_next(state); }
+  double uniform() { return cpu::rng_uniform(state); }
   float normal() {
     const double u1 = std::max(uniform(), 1e-300), u2 = uniform();
     return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));

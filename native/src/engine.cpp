@@ -120,4 +120,32 @@ std::string formatPosition(int64_t b, int64_t t) {
   return "(row " + std::to_string(b) + ", position " + std::to_string(t) + ")";
 }
 
+std::vector<LayerOffsets> lfm2LayerOffsets(const ModelConfig& config,
+                                           const std::function<int64_t(const std::string&)>& offsetOf) {
+  std::vector<LayerOffsets> layers;
+  for (int64_t l = 0; l < config.numLayers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerOffsets lo;
+    lo.operatorNorm = offsetOf(p + "operator_norm.weight");
+    lo.ffnNorm = offsetOf(p + "ffn_norm.weight");
+    lo.w1 = offsetOf(p + "feed_forward.w1.weight");
+    lo.w2 = offsetOf(p + "feed_forward.w2.weight");
+    lo.w3 = offsetOf(p + "feed_forward.w3.weight");
+    if (config.layerTypes[l] == LayerKind::Conv) {
+      lo.convWeight = offsetOf(p + "conv.conv.weight");
+      lo.inProj = offsetOf(p + "conv.in_proj.weight");
+      lo.outProj = offsetOf(p + "conv.out_proj.weight");
+    } else {
+      lo.q = offsetOf(p + "self_attn.q_proj.weight");
+      lo.k = offsetOf(p + "self_attn.k_proj.weight");
+      lo.v = offsetOf(p + "self_attn.v_proj.weight");
+      lo.o = offsetOf(p + "self_attn.out_proj.weight");
+      lo.qNorm = offsetOf(p + "self_attn.q_layernorm.weight");
+      lo.kNorm = offsetOf(p + "self_attn.k_layernorm.weight");
+    }
+    layers.push_back(lo);
+  }
+  return layers;
+}
+
 }  // namespace webgrpo

@@ -160,6 +160,16 @@ class Engine {
 // The transformers tensor table of an LFM2 config, in checkpoint order (no lm_head.weight when tied).
 std::vector<ParameterInfo> lfm2ParameterTable(const ModelConfig& config);
 
+// Offsets of one layer's tensors in an arena laid out like lfm2ParameterTable; -1 where the layer kind has none.
+struct LayerOffsets {
+  int64_t operatorNorm = -1, ffnNorm = -1, w1 = -1, w2 = -1, w3 = -1;
+  int64_t convWeight = -1, inProj = -1, outProj = -1;
+  int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
+};
+// Every layer's offsets, from a lookup of a tensor's offset by its transformers name.
+std::vector<LayerOffsets> lfm2LayerOffsets(const ModelConfig& config,
+                                           const std::function<int64_t(const std::string&)>& offsetOf);
+
 // ---- helpers the engines share -------------------------------------------------------------------------------
 // Norm weights (operator_norm, ffn_norm, embedding_norm, q/k_layernorm) start at 1; every other tensor is random.
 bool isNormWeight(const std::string& name);

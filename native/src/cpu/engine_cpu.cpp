@@ -16,13 +16,6 @@ namespace {
 
 using std::vector;
 
-// Offsets (into the arenas) of one layer's tensors; -1 where the layer kind has no such tensor.
-struct LayerOffsets {
-  int64_t operatorNorm = -1, ffnNorm = -1, w1 = -1, w2 = -1, w3 = -1;
-  int64_t convWeight = -1, inProj = -1, outProj = -1;
-  int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
-};
-
 // A LoRA adapter of one base weight.
 struct LoraSlot {
   int64_t a = -1, b = -1;  // offsets into the adapter arenas
@@ -91,28 +84,7 @@ class CpuEngine final : public Engine {
     embedding_ = offsetOf("model.embed_tokens.weight");
     finalNorm_ = offsetOf("model.embedding_norm.weight");
     lmHead_ = cfg_.tieEmbeddings ? embedding_ : offsetOf("lm_head.weight");
-    for (int64_t l = 0; l < cfg_.numLayers; l++) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      LayerOffsets lo;
-      lo.operatorNorm = offsetOf(p + "operator_norm.weight");
-      lo.ffnNorm = offsetOf(p + "ffn_norm.weight");
-      lo.w1 = offsetOf(p + "feed_forward.w1.weight");
-      lo.w2 = offsetOf(p + "feed_forward.w2.weight");
-      lo.w3 = offsetOf(p + "feed_forward.w3.weight");
-      if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        lo.convWeight = offsetOf(p + "conv.conv.weight");
-        lo.inProj = offsetOf(p + "conv.in_proj.weight");
-        lo.outProj = offsetOf(p + "conv.out_proj.weight");
-      } else {
-        lo.q = offsetOf(p + "self_attn.q_proj.weight");
-        lo.k = offsetOf(p + "self_attn.k_proj.weight");
-        lo.v = offsetOf(p + "self_attn.v_proj.weight");
-        lo.o = offsetOf(p + "self_attn.out_proj.weight");
-        lo.qNorm = offsetOf(p + "self_attn.q_layernorm.weight");
-        lo.kNorm = offsetOf(p + "self_attn.k_layernorm.weight");
-      }
-      layers_.push_back(lo);
-    }
+    layers_ = lfm2LayerOffsets(cfg_, [this](const std::string& name) { return offsetOf(name); });
     // Norm weights start at 1 so a fresh model is usable before initRandom/setParameter.
     for (size_t i = 0; i < table_.size(); i++)
       if (isNormWeight(table_[i].name)) std::fill_n(params_.data() + offsets_[i], numels_[i], 1.0f);

@@ -86,12 +86,6 @@ class Carver {
   size_t offset_ = 0;
 };
 
-struct LayerOffsets {
-  int64_t operatorNorm = -1, ffnNorm = -1, w1 = -1, w2 = -1, w3 = -1;
-  int64_t convWeight = -1, inProj = -1, outProj = -1;
-  int64_t q = -1, k = -1, v = -1, o = -1, qNorm = -1, kNorm = -1;
-};
-
 // Pointers into the activation arena for one batch shape.
 struct LayerActs {
   float* xIn = nullptr;   // residual stream entering the layer (fp32)
@@ -148,32 +142,15 @@ class CudaEngine final : public Engine {
     embedding_ = offsetOf("model.embed_tokens.weight");
     finalNorm_ = offsetOf("model.embedding_norm.weight");
     lmHead_ = cfg_.tieEmbeddings ? embedding_ : offsetOf("lm_head.weight");
-    for (int64_t l = 0; l < cfg_.numLayers; l++) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      LayerOffsets lo;
-      lo.operatorNorm = offsetOf(p + "operator_norm.weight");
-      lo.ffnNorm = offsetOf(p + "ffn_norm.weight");
-      lo.w1 = offsetOf(p + "feed_forward.w1.weight");
-      lo.w2 = offsetOf(p + "feed_forward.w2.weight");
-      lo.w3 = offsetOf(p + "feed_forward.w3.weight");
+    layers_ = lfm2LayerOffsets(cfg_, [this](const std::string& name) { return offsetOf(name); });
+    // The fused GEMMs read w1|w3 and q|k|v as one matrix each.
+    const int64_t qDim = cfg_.numHeads * cfg_.headDim, kvDim = cfg_.numKvHeads * cfg_.headDim;
+    for (const LayerOffsets& lo : layers_) {
       cuda::require(lo.w3 == lo.w1 + cfg_.intermediateSize * cfg_.hiddenSize,
                     "cuda engine: w1 and w3 must be adjacent in the parameter table");
-      if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        lo.convWeight = offsetOf(p + "conv.conv.weight");
-        lo.inProj = offsetOf(p + "conv.in_proj.weight");
-        lo.outProj = offsetOf(p + "conv.out_proj.weight");
-      } else {
-        lo.q = offsetOf(p + "self_attn.q_proj.weight");
-        lo.k = offsetOf(p + "self_attn.k_proj.weight");
-        lo.v = offsetOf(p + "self_attn.v_proj.weight");
-        lo.o = offsetOf(p + "self_attn.out_proj.weight");
-        lo.qNorm = offsetOf(p + "self_attn.q_layernorm.weight");
-        lo.kNorm = offsetOf(p + "self_attn.k_layernorm.weight");
-        const int64_t qDim = cfg_.numHeads * cfg_.headDim, kvDim = cfg_.numKvHeads * cfg_.headDim;
+      if (lo.q >= 0)
         cuda::require(lo.k == lo.q + qDim * cfg_.hiddenSize && lo.v == lo.k + kvDim * cfg_.hiddenSize,
                       "cuda engine: q, k, v projections must be adjacent in the parameter table");
-      }
-      layers_.push_back(lo);
     }
     // WEBGRPO_CUDA_ATTENTION=simt selects the CUDA-core attention kernels (the checked reference) over the
     // tensor-core ones.
