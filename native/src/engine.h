@@ -178,6 +178,9 @@ size_t lookupParameter(const std::unordered_map<std::string, size_t>& index, con
                        const char* method, const std::string& name);
 void checkParameterShape(const char* method, const std::string& name, const std::vector<int64_t>& expected,
                          const std::vector<int64_t>& got);
+// Throws std::invalid_argument naming the first bad field of a generate request (prompts, tokens, sampling
+// options, constraint tries).
+void validateGenerateArgs(const GenerateArgs& args, int64_t vocab);
 // "(row b, position t)" for messages about a batch entry.
 std::string formatPosition(int64_t b, int64_t t);
 

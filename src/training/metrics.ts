@@ -23,6 +23,8 @@ export interface StepMetrics {
   episodes: number;
   episode_steps_mean: number;
   env_failures: number;
+  /** Prompt tokens the sampler prefilled this step (summed over its generate calls). */
+  prompt_tokens: number;
   new_tokens: number;
   trained_samples: number;
   /** Mean |trainer log-prob − sampler log-prob| per token: 0 means the trained policy is the sampling one. */

@@ -261,6 +261,7 @@ export async function train(cfg: TrainConfig, options: TrainOptions = {}): Promi
         episodes: episodes.length,
         episode_steps_mean: mean(episodes.map((e) => e.steps)),
         env_failures: episodes.filter((e) => e.failure).length,
+        prompt_tokens: rollout.promptTokens,
         new_tokens: rollout.newTokens,
         trained_samples: u.trainedSamples,
         logprob_mismatch: u.logprobMismatch,

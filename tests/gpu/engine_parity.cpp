@@ -1,6 +1,7 @@
 // GPU parity test: the CUDA engine against the CPU engine (fp32 reference) on identical bf16-representable
-// weights, then train-step timings of the CUDA engine. Built and run by tests/gpu/run.sh on a GPU machine.
-//   engine_parity [--skip-350m] [--skip-timing] [--dump DIR]
+// weights (forward, score, backward, AdamW, and generate), then train-step timings of the CUDA engine
+// (generate's are bench/sample.ts's). Built and run by tests/gpu/run.sh on a GPU machine.
+//   engine_parity [--skip-350m] [--skip-timing] [--only-generate] [--dump DIR]
 // Exits 1 if any check fails. Tolerances (issue 6): logits / logprobs relative error <= 1e-2 (bf16 compute),
 // every gradient <= 2e-2; a second identical run must agree with the first to 1e-5 (no moving error).
 #include <cuda_runtime.h>
@@ -11,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -329,6 +332,317 @@ void parity(const char* label, const char* tag, const ModelConfig& cfg, const st
 
 }
 
+// ---- generate (issue 5): the CUDA decode path against the CPU engine and against its own score() ------------
+
+// Both engines with the same bf16-representable random weights.
+std::pair<std::unique_ptr<Engine>, std::unique_ptr<Engine>> enginePair(const ModelConfig& cfg, float initRange) {
+  auto gpu = createCudaEngine(cfg, 0);
+  auto cpu = createEngine(Device::CPU, cfg, 0);
+  gpu->initRandom(11, initRange);
+  for (const auto& p : gpu->parameterInfo()) {
+    std::vector<float> w = gpu->getParameter(p.name).toFloat32();
+    for (auto& x : w) x = roundBf16(x);
+    Tensor t = Tensor::fromFloat32(w.data(), w.size(), p.shape, DType::F32, Device::CPU);
+    gpu->setParameter(p.name, t);
+    cpu->setParameter(p.name, t);
+  }
+  return {std::move(gpu), std::move(cpu)};
+}
+
+// Next-token logits of one sequence on an engine.
+std::vector<float> lastLogits(Engine& e, const std::vector<int32_t>& seq, int64_t V) {
+  std::vector<uint8_t> mask(seq.size(), 1);
+  const auto all = e.forwardLogits({seq.data(), mask.data(), 1, int64_t(seq.size())});
+  return std::vector<float>(all.end() - V, all.end());
+}
+
+// Log-probs of each sequence's generated tokens under score(), with the allowed-token rows (if any) the
+// constraint gave at each step: what the trainer recomputes.
+std::vector<float> rescore(Engine& e, const std::vector<std::vector<int32_t>>& prompts, const std::vector<int32_t>& seqPrompt,
+                           const std::vector<GenerateOutput>& outs, float temperature,
+                           const std::vector<std::vector<std::vector<int32_t>>>* allowedRows = nullptr) {
+  int64_t T = 0;
+  for (size_t s = 0; s < outs.size(); ++s) T = std::max<int64_t>(T, prompts[seqPrompt[s]].size() + outs[s].tokens.size());
+  const int64_t B = int64_t(outs.size());
+  std::vector<int32_t> tokens(B * T, 0);
+  std::vector<uint8_t> mask(B * T, 0), scoreMask(B * T, 0);
+  std::vector<int32_t> offsets{0}, allowed;
+  for (int64_t s = 0; s < B; ++s) {
+    std::vector<int32_t> seq = prompts[seqPrompt[s]];
+    const int64_t promptLen = int64_t(seq.size());
+    seq.insert(seq.end(), outs[s].tokens.begin(), outs[s].tokens.end());
+    const int64_t pad = T - int64_t(seq.size());
+    for (size_t j = 0; j < seq.size(); ++j) {
+      tokens[s * T + pad + j] = seq[j];
+      mask[s * T + pad + j] = 1;
+      if (int64_t(j) >= promptLen) scoreMask[s * T + pad + j] = 1;
+    }
+    if (allowedRows)
+      for (const auto& row : (*allowedRows)[s]) {
+        allowed.insert(allowed.end(), row.begin(), row.end());
+        offsets.push_back(int32_t(allowed.size()));
+      }
+  }
+  ScoreArgs args;
+  args.batch = {tokens.data(), mask.data(), B, T};
+  args.scoreMask = scoreMask.data();
+  args.temperature = temperature;
+  if (allowedRows) {
+    args.allowedOffsets = offsets.data();
+    args.allowedTokens = allowed.data();
+  }
+  return e.score(args).logprobs;
+}
+
+std::vector<float> flatLogprobs(const std::vector<GenerateOutput>& outs) {
+  std::vector<float> v;
+  for (const auto& o : outs) v.insert(v.end(), o.logprobs.begin(), o.logprobs.end());
+  return v;
+}
+
+// A random trie over token strings (ids from `pool`), in the engine's flattened form.
+std::shared_ptr<TokenTrieView> randomTrie(Rng& rng, int64_t V, int strings, int maxLen) {
+  struct Node { std::vector<std::pair<int32_t, int>> kids; };
+  std::vector<Node> nodes(1);
+  for (int i = 0; i < strings; ++i) {
+    const int len = 1 + int(rng.next() % maxLen);
+    int at = 0;
+    for (int j = 0; j < len; ++j) {
+      const int32_t tok = int32_t(1 + rng.next() % (V - 1));
+      int next = -1;
+      for (auto& [t, n] : nodes[at].kids) if (t == tok) next = n;
+      if (next < 0) {
+        nodes.push_back({});
+        next = int(nodes.size()) - 1;
+        nodes[at].kids.push_back({tok, next});
+      }
+      at = next;
+    }
+  }
+  auto trie = std::make_shared<TokenTrieView>();
+  trie->childOffsets.push_back(0);
+  for (const auto& n : nodes) {
+    for (auto& [t, k] : n.kids) {
+      trie->childTokens.push_back(t);
+      trie->childNodes.push_back(k);
+    }
+    trie->childOffsets.push_back(int32_t(trie->childTokens.size()));
+  }
+  return trie;
+}
+
+void generateChecks(const char* label, const ModelConfig& cfg, float initRange) {
+  std::printf("\n== generate: %s ==\n", label);
+  auto [gpu, cpu] = enginePair(cfg, initRange);
+  const int64_t V = cfg.vocabSize;
+  Rng rng{2024};
+  auto randomPrompt = [&](int len) {
+    std::vector<int32_t> p(len);
+    for (auto& t : p) t = int32_t(1 + rng.next() % (V - 1));
+    return p;
+  };
+  GenerateArgs greedy;
+  greedy.prompts = {randomPrompt(37), randomPrompt(5), randomPrompt(1), randomPrompt(64)};
+  greedy.sequencePrompt = {0, 0, 1, 2, 2, 3};  // shared prompts: prefilled once, forked
+  greedy.maxNewTokens = 24;
+  greedy.sampling.greedy = true;
+
+  // 1. Greedy: identical to the CPU twin, except after a near tie of the CPU's top two logits (bf16 compute may
+  //    order those differently; the sequences legitimately part there and are compared no further).
+  auto compareGreedy = [&](const char* what, const GenerateArgs& args) {
+    const auto g = gpu->generate(args), c = cpu->generate(args);
+    int compared = 0, ties = 0, mismatches = 0;
+    for (size_t s = 0; s < g.size(); ++s) {
+      const size_t n = std::min(g[s].tokens.size(), c[s].tokens.size());
+      size_t k = 0;
+      while (k < n && g[s].tokens[k] == c[s].tokens[k]) ++k;
+      compared += int(k);
+      if (k == n && g[s].tokens.size() == c[s].tokens.size()) continue;
+      if (k == n) {  // one stopped earlier with the same tokens: only a length/stop mismatch
+        ++mismatches;
+        continue;
+      }
+      std::vector<int32_t> ctx = args.prompts[args.sequencePrompt[s]];
+      ctx.insert(ctx.end(), c[s].tokens.begin(), c[s].tokens.begin() + k);
+      const auto logits = lastLogits(*cpu, ctx, V);
+      const float top = *std::max_element(logits.begin(), logits.end());
+      const float lo = *std::min_element(logits.begin(), logits.end());
+      const float gap = top - logits[g[s].tokens[k]];
+      if (gap <= 1e-2f * (top - lo)) ++ties;
+      else {
+        ++mismatches;
+        std::printf("  %s: sequence %zu differs at token %zu (CUDA %d, CPU %d; CPU logit gap %.3g of spread %.3g)\n",
+                    what, s, k, g[s].tokens[k], c[s].tokens[k], gap, top - lo);
+      }
+    }
+    std::printf("  %s: %d tokens identical, %d sequences parted at a near tie\n", what, compared, ties);
+    check(std::string(label) + " " + what + ": CUDA tokens == CPU tokens (up to near ties)", mismatches, 0);
+    return g;
+  };
+  const auto g1 = compareGreedy("greedy", greedy);
+  // 2. The log-probs generate() reports are what score() recomputes, on the GPU and on the CPU.
+  const auto flat = flatLogprobs(g1);
+  check(std::string(label) + " greedy logprobs vs CUDA score()", relError(flat, rescore(*gpu, greedy.prompts, greedy.sequencePrompt, g1, 1.f)), 1e-2);
+  check(std::string(label) + " greedy logprobs vs CPU score()", relError(flat, rescore(*cpu, greedy.prompts, greedy.sequencePrompt, g1, 1.f)), 1e-2);
+  // 3. Repetition penalty and stop tokens.
+  {
+    GenerateArgs pen = greedy;
+    pen.sampling.repetitionPenalty = 1.5f;
+    compareGreedy("greedy + repetition penalty 1.5", pen);
+    GenerateArgs stop = greedy;
+    stop.stopTokens = {g1[0].tokens[3]};
+    const auto st = gpu->generate(stop);
+    bool ok = st[0].finishReason == FinishReason::Stop && st[0].tokens.size() <= 4 && st[0].tokens.back() == g1[0].tokens[3];
+    for (const auto& o : st)
+      if (o.finishReason == FinishReason::Stop && o.tokens.back() != stop.stopTokens[0]) ok = false;
+    check(std::string(label) + " stop token ends the sequence", ok ? 0 : 1, 0);
+    GenerateArgs none = greedy;
+    none.maxNewTokens = 0;
+    const auto zero = gpu->generate(none);
+    check(std::string(label) + " maxNewTokens 0 gives no tokens", zero.size() == greedy.sequencePrompt.size() && zero[0].tokens.empty() ? 0 : 1, 0);
+  }
+  // 4. Seeded sampling is reproducible, and a different seed gives different text.
+  GenerateArgs sampled = greedy;
+  sampled.sampling.greedy = false;
+  sampled.sampling.temperature = 0.9f;
+  sampled.sampling.seed = 5;
+  const auto s1 = gpu->generate(sampled), s2 = gpu->generate(sampled);
+  sampled.sampling.seed = 6;
+  const auto s3 = gpu->generate(sampled);
+  int same = 0, differ = 0;
+  for (size_t s = 0; s < s1.size(); ++s) {
+    same += s1[s].tokens == s2[s].tokens;
+    differ += s1[s].tokens != s3[s].tokens;
+  }
+  check(std::string(label) + " same seed, same samples", int(s1.size()) - same, 0);
+  check(std::string(label) + " another seed changes the samples", differ > 0 ? 0 : 1, 0);
+  check(std::string(label) + " sampled logprobs (T=0.9) vs CUDA score()",
+        relError(flatLogprobs(s1), rescore(*gpu, sampled.prompts, sampled.sequencePrompt, s1, 0.9f)), 1e-2);
+
+  // 5. Sampling statistics: many one-token samples of one prompt against the softmax of the CPU's logits.
+  {
+    const std::vector<int32_t> prompt = randomPrompt(20);
+    const auto logits = lastLogits(*cpu, prompt, V);
+    auto probs = [&](float temperature) {
+      std::vector<double> p(V);
+      double m = -1e30, z = 0;
+      for (int64_t v = 0; v < V; ++v) m = std::max(m, double(logits[v]) / temperature);
+      for (int64_t v = 0; v < V; ++v) z += (p[v] = std::exp(double(logits[v]) / temperature - m));
+      for (auto& x : p) x /= z;
+      return p;
+    };
+    const int n = V > 10000 ? 2048 : 16384;  // the truncation searches cost O(vocab) per sample
+    GenerateArgs one;
+    one.prompts = {prompt};
+    one.sequencePrompt.assign(n, 0);
+    one.maxNewTokens = 1;
+    one.sampling.temperature = 0.5f;
+    one.sampling.seed = 77;
+    auto histogram = [&](const GenerateArgs& a) {
+      std::vector<int> h(V, 0);
+      for (const auto& o : gpu->generate(a)) h[o.tokens[0]]++;
+      return h;
+    };
+    // Chi-square over the tokens expected >= 5 times (the rest pooled); the bound is df + 6 sqrt(2 df).
+    auto chiSquare = [&](const std::vector<int>& h, const std::vector<double>& p, const char* what) {
+      double stat = 0, restP = 0;
+      int restN = 0, df = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        const double e = p[v] * n;
+        if (e >= 5) {
+          stat += (h[v] - e) * (h[v] - e) / e;
+          ++df;
+        } else {
+          restP += p[v];
+          restN += h[v];
+        }
+      }
+      if (restP * n >= 5) {
+        stat += (restN - restP * n) * (restN - restP * n) / (restP * n);
+        ++df;
+      }
+      --df;
+      const double bound = df + 6 * std::sqrt(2.0 * std::max(df, 1));
+      std::printf("  %s: chi-square %.1f over %d degrees of freedom (bound %.1f)\n", what, stat, df, bound);
+      check(std::string(label) + " " + what + " chi-square", stat <= bound ? 0 : 1, 0);
+    };
+    chiSquare(histogram(one), probs(0.5f), "sampling at T=0.5");
+    // Truncation: top-k 5, top-p 0.6, min-p 0.3 each keep only what the CPU's logits allow (with a small margin
+    // for bf16 at the boundary).
+    const auto p = probs(0.5f);
+    std::vector<int> order(V);
+    for (int v = 0; v < V; ++v) order[v] = v;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    auto allowedBy = [&](const char* what, GenerateArgs a, const std::function<bool(int)>& ok) {
+      const auto h = histogram(a);
+      int outside = 0;
+      for (int v = 0; v < V; ++v)
+        if (h[v] && !ok(v)) outside += h[v];
+      check(std::string(label) + " " + what + ": samples outside the kept set", outside, 0);
+    };
+    GenerateArgs k = one;
+    k.sampling.topK = 5;
+    allowedBy("top-k 5", k, [&](int v) { return p[v] >= p[order[4]] * 0.95; });
+    GenerateArgs tp = one;
+    tp.sampling.topP = 0.6f;
+    double mass = 0;
+    size_t cutIndex = 0;
+    while (cutIndex < order.size() && mass < 0.6) mass += p[order[cutIndex++]];
+    const double pCut = p[order[std::min(cutIndex, order.size() - 1)]];
+    allowedBy("top-p 0.6", tp, [&](int v) { return p[v] >= pCut * 0.95; });
+    GenerateArgs mp = one;
+    mp.sampling.minP = 0.3f;
+    allowedBy("min-p 0.3", mp, [&](int v) { return p[v] >= 0.3 * p[order[0]] * 0.95; });
+  }
+
+  // 6. Constrained decoding: every sampled token is an edge of the sequence's trie at its node, sequences end at
+  //    leaves with finishReason Constraint, and score() with the same allowed rows gives the same log-probs.
+  {
+    GenerateArgs con = sampled;
+    con.sampling.temperature = 1.f;
+    con.maxNewTokens = 12;
+    for (size_t s = 0; s < con.sequencePrompt.size(); ++s) con.constraints.push_back(randomTrie(rng, V, 6, 8));
+    const auto outs = gpu->generate(con);
+    int violations = 0;
+    std::vector<std::vector<std::vector<int32_t>>> rows(outs.size());
+    for (size_t s = 0; s < outs.size(); ++s) {
+      const TokenTrieView& trie = *con.constraints[s];
+      int32_t node = 0;
+      for (int32_t tok : outs[s].tokens) {
+        std::vector<int32_t> row(trie.childTokens.begin() + trie.childOffsets[node],
+                                 trie.childTokens.begin() + trie.childOffsets[node + 1]);
+        rows[s].push_back(row);
+        auto it = std::find(row.begin(), row.end(), tok);
+        if (it == row.end()) {
+          ++violations;
+          break;
+        }
+        node = trie.childNodes[trie.childOffsets[node] + (it - row.begin())];
+      }
+      const bool leaf = trie.childOffsets[node + 1] == trie.childOffsets[node];
+      if (leaf != (outs[s].finishReason == FinishReason::Constraint)) ++violations;
+    }
+    check(std::string(label) + " constrained: tokens outside the trie or wrong finish", violations, 0);
+    if (!violations) {
+      check(std::string(label) + " constrained logprobs vs CUDA score() with the same masks",
+            relError(flatLogprobs(outs), rescore(*gpu, con.prompts, con.sequencePrompt, outs, 1.f, &rows)), 1e-2);
+      check(std::string(label) + " constrained logprobs vs CPU score() with the same masks",
+            relError(flatLogprobs(outs), rescore(*cpu, con.prompts, con.sequencePrompt, outs, 1.f, &rows)), 1e-2);
+    }
+  }
+  // 7. Without CUDA graphs the same tokens come out (the graph replays exactly the direct launches).
+  {
+    setenv("WEBGRPO_CUDA_GRAPHS", "0", 1);
+    auto direct = createCudaEngine(cfg, 0);
+    unsetenv("WEBGRPO_CUDA_GRAPHS");
+    for (const auto& p : gpu->parameterInfo()) direct->setParameter(p.name, gpu->getParameter(p.name));
+    const auto d = direct->generate(greedy);
+    int differ = 0;
+    for (size_t s = 0; s < d.size(); ++s) differ += d[s].tokens != g1[s].tokens;
+    check(std::string(label) + " graphs off vs on: sequences that differ", differ, 0);
+  }
+}
+
 double gpuUsedGiB() {
   size_t freeBytes = 0, totalBytes = 0;
   cudaMemGetInfo(&freeBytes, &totalBytes);
@@ -374,20 +688,27 @@ void timeTrainStep(const char* label, const std::vector<int>& lengths, int64_t s
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool skip350m = false, skipTiming = false;
+  bool skip350m = false, skipTiming = false, onlyGenerate = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--skip-350m")) skip350m = true;
     else if (!std::strcmp(argv[i], "--skip-timing")) skipTiming = true;
+    else if (!std::strcmp(argv[i], "--only-generate")) onlyGenerate = true;
     else if (!std::strcmp(argv[i], "--dump") && i + 1 < argc) dumpDir = argv[++i];
     else {
-      std::fprintf(stderr, "usage: engine_parity [--skip-350m] [--skip-timing] [--dump DIR]\n");
+      std::fprintf(stderr, "usage: engine_parity [--skip-350m] [--skip-timing] [--only-generate] [--dump DIR]\n");
       return 2;
     }
   }
   try {
-    parity("small (H=256, 4 layers)", "small", smallConfig(), {40, 25, 1}, 40);
-    if (!skip350m) parity("LFM2-350M shapes", "lfm2_350m", lfm2_350m(), {48, 30}, 48);
-    if (!skipTiming) {
+    if (!onlyGenerate) {
+      parity("small (H=256, 4 layers)", "small", smallConfig(), {40, 25, 1}, 40);
+      if (!skip350m) parity("LFM2-350M shapes", "lfm2_350m", lfm2_350m(), {48, 30}, 48);
+    }
+    // A wider init than LFM2's 0.02 gives the small model a peaked next-token distribution, so that greedy
+    // comparisons test decoding rather than bf16 rounding among near-equal logits.
+    generateChecks("small (H=256, 4 layers)", smallConfig(), 0.1f);
+    if (!skip350m) generateChecks("LFM2-350M shapes", lfm2_350m(), 0.05f);
+    if (!skipTiming && !onlyGenerate) {
       std::printf("\n== CUDA engine train step (score + backward + AdamW), LFM2-350M, random weights ==\n");
       for (const char* mode : {"0", "1"}) {
         setenv("WEBGRPO_CUDA_RECOMPUTE", mode, 1);

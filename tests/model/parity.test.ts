@@ -77,3 +77,27 @@ describe.skipIf(!HAVE_ADDON || !HAVE_FIXTURE)(`CPU backend matches PyTorch on th
     expect(failures).toEqual([]);
   });
 });
+
+const GREEDY = join(DIR, 'greedy.json');
+const greedyReason = NO_ADDON_REASON || (existsSync(GREEDY) ? '' : ` [SKIPPED: ${GREEDY} absent; run tests/parity/make_greedy_fixture.py]`);
+
+describe.skipIf(!HAVE_ADDON || !existsSync(GREEDY))(`greedy generate matches transformers' generate on the tiny LFM2${greedyReason}`, () => {
+  it('the same tokens for every prompt (prefill, KV and conv caches, then decoding)', async () => {
+    const fixture = JSON.parse(readFileSync(GREEDY, 'utf8')) as { cases: { prompt: number[]; tokens: number[]; top2_margin: number[] }[] };
+    // A step whose top two logits are closer than fp32 noise could go either way; the fixture has none.
+    for (const c of fixture.cases) expect(Math.min(...c.top2_margin)).toBeGreaterThan(1e-4);
+    const model = await Lfm2Model.fromPretrained(DIR, { backend: 'cpu' });
+    try {
+      const results = await model.native.generate({
+        prompts: fixture.cases.map((c) => Int32Array.from(c.prompt)),
+        sequencePrompt: Int32Array.from(fixture.cases, (_, i) => i),
+        maxNewTokens: fixture.cases[0].tokens.length,
+        stopTokens: new Int32Array(0),
+        sampling: { temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, greedy: true, seed: 0 },
+      });
+      expect(results.map((r) => [...r.tokens])).toEqual(fixture.cases.map((c) => c.tokens));
+    } finally {
+      model.dispose();
+    }
+  });
+});

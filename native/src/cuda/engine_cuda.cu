@@ -3,11 +3,15 @@
 // with a bf16 compute copy; gradients and AdamW moments are fp32 arenas of the same layout. Because the table
 // puts w1,w3 and q,k,v next to each other, the fused [w1;w3] and [q;k;v] projections are plain views.
 // Activations live in one device arena that is sized for the largest batch seen and only grows, so a training
-// loop of fixed shapes allocates nothing after its first step. generate() is not implemented here yet.
+// loop of fixed shapes allocates nothing after its first step. generate() decodes from KV and conv-state caches
+// in their own arena (also grow-only), one CUDA graph per decode step.
 // Environment switches: WEBGRPO_CUDA_RECOMPUTE=1 (keep only layer inputs, recompute in backward);
-// WEBGRPO_CUDA_ATTENTION=simt (CUDA-core attention kernels instead of the tensor-core ones).
+// WEBGRPO_CUDA_ATTENTION=simt (CUDA-core attention kernels instead of the tensor-core ones);
+// WEBGRPO_CUDA_GRAPHS=0 (decode without CUDA graphs); WEBGRPO_CUDA_DECODE_PROFILE=1 (time the decode step's
+// kernels, see DecodeProfiler).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -115,6 +119,58 @@ struct Acts {
   float* rowDot = nullptr;
 };
 
+// WEBGRPO_CUDA_DECODE_PROFILE=1: generate() runs its decode steps without graphs, each behind a GPU sleep (so
+// the host has enqueued the whole step before it starts), with an event after every kernel group; at the end of
+// generate() it prints each group's GPU time per step to stderr. Where the decode step's time goes.
+class DecodeProfiler {
+ public:
+  ~DecodeProfiler() { dropEvents(); }
+  void beginStep(cudaStream_t stream) {
+    cuda::gpuSleep(20000, stream);
+    mark("(start)", stream);
+  }
+  void mark(const char* label, cudaStream_t stream) {
+    cudaEvent_t e = nullptr;
+    WG_CUDA_CHECK(cudaEventCreate(&e));
+    WG_CUDA_CHECK(cudaEventRecord(e, stream));
+    marks_.push_back({label, e});
+  }
+  void endStep() {
+    WG_CUDA_CHECK(cudaEventSynchronize(marks_.back().second));
+    for (size_t i = 1; i < marks_.size(); i++) {
+      float ms = 0;
+      WG_CUDA_CHECK(cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second));
+      auto it = std::find_if(totals_.begin(), totals_.end(), [&](const auto& t) { return t.first == marks_[i].first; });
+      if (it == totals_.end()) totals_.push_back({marks_[i].first, double(ms)});
+      else it->second += ms;
+    }
+    dropEvents();
+    steps_++;
+  }
+  void report(int64_t slots) {
+    if (steps_ == 0) return;
+    double sum = 0;
+    for (const auto& t : totals_) sum += t.second;
+    std::fprintf(stderr, "decode profile: %lld slots, %lld steps, %.1f us of GPU time per step\n", (long long)slots,
+                 (long long)steps_, 1e3 * sum / steps_);
+    auto sorted = totals_;
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    for (const auto& t : sorted)
+      std::fprintf(stderr, "  %-24s %9.1f us/step %5.1f%%\n", t.first.c_str(), 1e3 * t.second / steps_, 100 * t.second / sum);
+    totals_.clear();
+    steps_ = 0;
+  }
+
+ private:
+  void dropEvents() {
+    for (auto& m : marks_) cudaEventDestroy(m.second);
+    marks_.clear();
+  }
+  std::vector<std::pair<std::string, cudaEvent_t>> marks_;
+  std::vector<std::pair<std::string, double>> totals_;
+  int64_t steps_ = 0;
+};
+
 class CudaEngine final : public Engine {
  public:
   CudaEngine(const ModelConfig& config, int threads) : cfg_(config), threads_(threads) {
@@ -158,6 +214,12 @@ class CudaEngine final : public Engine {
     // WEBGRPO_CUDA_RECOMPUTE=1 keeps only each layer's input for backward and recomputes the rest layer by layer
     // (about one more forward pass of work for a fraction of the activation memory).
     if (const char* choice = std::getenv("WEBGRPO_CUDA_RECOMPUTE")) recompute_ = std::string(choice) == "1";
+    // WEBGRPO_CUDA_GRAPHS=0 launches generate()'s decode kernels one by one instead of as one CUDA graph per step.
+    if (const char* choice = std::getenv("WEBGRPO_CUDA_GRAPHS")) useGraphs_ = std::string(choice) != "0";
+    if (const char* choice = std::getenv("WEBGRPO_CUDA_DECODE_PROFILE"); choice && std::string(choice) == "1") {
+      profiler_ = std::make_unique<DecodeProfiler>();
+      useGraphs_ = false;
+    }
     WG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<cuda::Gemm>();
     master_.allocate(total_ * sizeof(float));
@@ -428,8 +490,162 @@ class CudaEngine final : public Engine {
     sync();
   }
 
-  std::vector<GenerateOutput> generate(const GenerateArgs&) override {
-    throw std::runtime_error("generate: not implemented on the CUDA backend yet (use the CPU backend for sampling)");
+  // Prefill the distinct prompts (in chunks of left-padded batches) straight into per-slot caches, fork them to
+  // the sequences that share a prompt, then decode every active slot one token per step: one CUDA graph per step
+  // (embedding, 16 layers, lm_head, sampling), then a copy of the sampled tokens to the host, which applies stop
+  // tokens, length limits and the constraint tries and uploads the next step's positions and allowed tokens.
+  std::vector<GenerateOutput> generate(const GenerateArgs& args) override {
+    validateGenerateArgs(args, cfg_.vocabSize);
+    const int64_t S = int64_t(args.sequencePrompt.size()), V = cfg_.vocabSize, H = cfg_.hiddenSize;
+    if (S == 0) return {};
+    vector<GenerateOutput> outputs(S);
+    if (args.maxNewTokens == 0) return outputs;  // finishReason Length, no tokens
+    int64_t maxPrompt = 0;
+    for (int32_t p : args.sequencePrompt) maxPrompt = std::max<int64_t>(maxPrompt, int64_t(args.prompts[p].size()));
+    const int64_t maxLen = maxPrompt + args.maxNewTokens;
+    if (numAttentionLayers() > 0 && maxLen > cuda::decodeAttentionMaxLen(int(cfg_.numHeads), int(cfg_.numKvHeads)))
+      throw std::invalid_argument("generate: prompt (" + std::to_string(maxPrompt) + ") + maxNewTokens (" +
+                                  std::to_string(args.maxNewTokens) + ") tokens exceed the CUDA decode limit of " +
+                                  std::to_string(cuda::decodeAttentionMaxLen(int(cfg_.numHeads), int(cfg_.numKvHeads))) +
+                                  " cached tokens per sequence");
+    if (maxLen > std::numeric_limits<int32_t>::max() / 2) throw std::invalid_argument("generate: sequences too long");
+    auto trieOf = [&](int64_t s) -> const TokenTrieView* {
+      return args.constraints.empty() ? nullptr : args.constraints[s].get();
+    };
+    int64_t allowedCapacity = 0;  // the most allowed tokens one step can need
+    for (int64_t s = 0; s < S; s++)
+      if (const TokenTrieView* trie = trieOf(s)) {
+        int32_t widest = 0;
+        for (int64_t n = 0; n < trie->nodes(); n++)
+          widest = std::max(widest, trie->childOffsets[n + 1] - trie->childOffsets[n]);
+        allowedCapacity += widest;
+      }
+    const bool penalty = args.sampling.repetitionPenalty != 1.0f;
+    prepareDecode(S, maxLen, allowedCapacity, penalty);
+    DecodeState& d = dec_;
+
+    // Per-slot RNG streams as on the CPU: rng_seed_for(seed, sequence index).
+    vector<uint64_t> seeds(S);
+    for (int64_t s = 0; s < S; s++) seeds[s] = cpu::rng_seed_for(args.sampling.seed, uint64_t(s));
+    WG_CUDA_CHECK(cudaMemcpyAsync(d.rng, seeds.data(), S * sizeof(uint64_t), cudaMemcpyHostToDevice, stream_));
+    WG_CUDA_CHECK(cudaMemsetAsync(d.tokens, 0, S * sizeof(int32_t), stream_));
+    if (penalty) WG_CUDA_CHECK(cudaMemsetAsync(d.seen, 0, size_t(S) * V, stream_));
+    prefill(args);
+
+    // Host view of each slot.
+    vector<int64_t> length(S);
+    vector<int32_t> node(S, 0);
+    vector<uint8_t> done(S, 0);
+    for (int64_t s = 0; s < S; s++) length[s] = int64_t(args.prompts[args.sequencePrompt[s]].size());
+    const cuda::SamplerParams params{args.sampling.temperature, args.sampling.topK,           args.sampling.topP,
+                                     args.sampling.minP,        args.sampling.repetitionPenalty, args.sampling.greedy};
+    // Fills the step's host block (positions | lengths | allowedBegin | allowedCount | allowed tokens) and
+    // uploads it; decode = the step feeds each slot's last token. Returns the number of active slots.
+    auto uploadStep = [&](bool decode) {
+      int32_t* positions = d.hostStep;
+      int32_t *lengths = positions + S, *begin = lengths + S, *count = begin + S, *tokens = count + S;
+      int64_t used = 0, active = 0;
+      for (int64_t s = 0; s < S; s++) {
+        positions[s] = 0;
+        lengths[s] = 0;
+        begin[s] = 0;
+        count[s] = -1;
+        if (done[s]) continue;
+        if (const TokenTrieView* trie = trieOf(s)) {
+          const int32_t from = trie->childOffsets[node[s]], to = trie->childOffsets[node[s] + 1];
+          if (to == from) {  // only when the root itself has no children
+            done[s] = 1;
+            outputs[s].finishReason = FinishReason::Constraint;
+            continue;
+          }
+          begin[s] = int32_t(used);
+          count[s] = to - from;
+          std::memcpy(tokens + used, trie->childTokens.data() + from, size_t(to - from) * sizeof(int32_t));
+          used += to - from;
+        }
+        positions[s] = int32_t(length[s]);
+        lengths[s] = int32_t(decode ? length[s] + 1 : length[s]);
+        active++;
+      }
+      if (active)
+        WG_CUDA_CHECK(cudaMemcpyAsync(d.stepInts, d.hostStep, (4 * S + used) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                      stream_));
+      return active;
+    };
+    // Reads the sampled tokens back and advances every slot that sampled.
+    auto collect = [&](bool decoded) {
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostTokens, d.tokens, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostLogprobs, d.logprob, S * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostStatus, d.status, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+      sync();
+      const int32_t* lengths = d.hostStep + S;
+      for (int64_t s = 0; s < S; s++) {
+        if (lengths[s] <= 0) continue;  // was not active this step
+        GenerateOutput& out = outputs[s];
+        if (decoded) length[s]++;
+        if (d.hostStatus[s] != 0)
+          throw std::runtime_error("generate: the model produced non-finite logits for sequence " + std::to_string(s) +
+                                   " after " + std::to_string(out.tokens.size()) + " tokens (diverged or unset weights?)");
+        const int32_t tok = d.hostTokens[s];
+        out.tokens.push_back(tok);
+        out.logprobs.push_back(d.hostLogprobs[s]);
+        if (std::find(args.stopTokens.begin(), args.stopTokens.end(), tok) != args.stopTokens.end()) {
+          done[s] = 1;
+          out.finishReason = FinishReason::Stop;
+        } else if (const TokenTrieView* trie = trieOf(s)) {
+          for (int32_t e = trie->childOffsets[node[s]]; e < trie->childOffsets[node[s] + 1]; e++)
+            if (trie->childTokens[e] == tok) {
+              node[s] = trie->childNodes[e];
+              break;
+            }
+          if (trie->childOffsets[node[s] + 1] == trie->childOffsets[node[s]]) {
+            done[s] = 1;
+            out.finishReason = FinishReason::Constraint;
+          }
+        }
+        if (!done[s] && int64_t(out.tokens.size()) >= args.maxNewTokens) {
+          done[s] = 1;
+          out.finishReason = FinishReason::Length;
+        }
+      }
+    };
+
+    // First token: from the prefill's logits.
+    if (uploadStep(false)) {
+      sampleStep(params);
+      collect(false);
+    }
+    // Then one decode step per token.
+    GraphGuard graph;
+    while (uploadStep(true)) {
+      if (profiler_) {
+        profiler_->beginStep(stream_);
+        decodeStep(params);
+        profiler_->endStep();
+      } else if (!useGraphs_) {
+        decodeStep(params);
+      } else {
+        if (!graph.exec) {
+          WG_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+          try {
+            decodeStep(params);
+          } catch (...) {
+            cudaGraph_t broken = nullptr;
+            cudaStreamEndCapture(stream_, &broken);
+            if (broken) cudaGraphDestroy(broken);
+            cudaGetLastError();
+            throw;
+          }
+          WG_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph.graph));
+          WG_CUDA_CHECK(cudaGraphInstantiate(&graph.exec, graph.graph, 0));
+        }
+        WG_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_));
+      }
+      collect(true);
+    }
+    if (profiler_) profiler_->report(S);
+    (void)H;
+    return outputs;
   }
 
  private:
@@ -441,6 +657,274 @@ class CudaEngine final : public Engine {
     float *logits = nullptr, *logprob = nullptr, *entropy = nullptr, *lse = nullptr, *dlogprob = nullptr;
     int chunkRows = 0;
   };
+
+  // Decoding buffers for `slots` sequences of up to maxLen cached tokens (generate()).
+  struct DecodeState {
+    int64_t slots = 0, maxLen = 0;
+    float *x = nullptr, *rstd = nullptr, *rstdQ = nullptr, *rstdK = nullptr, *logits = nullptr, *logprob = nullptr;
+    bf16 *normed = nullptr, *proj = nullptr, *y = nullptr, *qkv = nullptr, *qk = nullptr, *attn = nullptr;
+    bf16 *gateUp = nullptr, *act = nullptr, *delta = nullptr, *xFinal = nullptr;
+    int32_t *tokens = nullptr, *status = nullptr, *stepInts = nullptr;
+    int32_t *prefillRow = nullptr, *promptLen = nullptr, *srcRows = nullptr, *dstRows = nullptr;
+    uint64_t* rng = nullptr;
+    uint8_t* seen = nullptr;                 // [slots, vocab], only with a repetition penalty
+    vector<bf16*> kCache, vCache;            // per layer, attention layers only
+    vector<float*> convState;                // per layer, conv layers only
+    // Pinned host mirrors of the per-step traffic.
+    int32_t *hostStep = nullptr, *hostTokens = nullptr, *hostStatus = nullptr;
+    float* hostLogprobs = nullptr;
+    // stepInts = positions | lengths | allowedBegin | allowedCount | allowed tokens
+    int32_t* positions() const { return stepInts; }
+    int32_t* lengths() const { return stepInts + slots; }
+    int32_t* allowedBegin() const { return stepInts + 2 * slots; }
+    int32_t* allowedCount() const { return stepInts + 3 * slots; }
+    int32_t* allowedTokens() const { return stepInts + 4 * slots; }
+  };
+
+  class PinnedBuffer {
+   public:
+    PinnedBuffer() = default;
+    ~PinnedBuffer() {
+      if (ptr_) cudaFreeHost(ptr_);
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+    void ensure(size_t bytes) {
+      if (bytes <= bytes_) return;
+      if (ptr_) cudaFreeHost(ptr_);
+      ptr_ = nullptr;
+      bytes_ = 0;
+      WG_CUDA_CHECK(cudaMallocHost(&ptr_, bytes));
+      bytes_ = bytes;
+    }
+    char* data() const { return static_cast<char*>(ptr_); }
+
+   private:
+    void* ptr_ = nullptr;
+    size_t bytes_ = 0;
+  };
+
+  struct GraphGuard {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    GraphGuard() = default;
+    GraphGuard(const GraphGuard&) = delete;
+    GraphGuard& operator=(const GraphGuard&) = delete;
+    ~GraphGuard() {
+      if (exec) cudaGraphExecDestroy(exec);
+      if (graph) cudaGraphDestroy(graph);
+    }
+  };
+
+  // Where the prefill forward copies each layer's cache to (see layerForward).
+  struct PrefillTarget {
+    int slots = 0, seqLen = 0;
+  };
+
+  int64_t numAttentionLayers() const {
+    return std::count(cfg_.layerTypes.begin(), cfg_.layerTypes.end(), LayerKind::Attention);
+  }
+
+  void prepareDecode(int64_t S, int64_t maxLen, int64_t allowedCapacity, bool withSeen) {
+    const int64_t H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim;
+    auto layout = [&](char* base) {
+      Carver c(base);
+      DecodeState d;
+      d.slots = S;
+      d.maxLen = maxLen;
+      d.x = c.take<float>(S * H);
+      d.rstd = c.take<float>(S);
+      d.rstdQ = c.take<float>(S * nh);
+      d.rstdK = c.take<float>(S * nkv);
+      d.logits = c.take<float>(S * V);
+      d.logprob = c.take<float>(S);
+      d.normed = c.take<bf16>(S * H);
+      d.proj = c.take<bf16>(S * 3 * H);
+      d.y = c.take<bf16>(S * H);
+      d.qkv = c.take<bf16>(S * qkvDim);
+      d.qk = c.take<bf16>(S * (qDim + kvDim));
+      d.attn = c.take<bf16>(S * qDim);
+      d.gateUp = c.take<bf16>(S * 2 * I);
+      d.act = c.take<bf16>(S * I);
+      d.delta = c.take<bf16>(S * H);
+      d.xFinal = c.take<bf16>(S * H);
+      d.tokens = c.take<int32_t>(S);
+      d.status = c.take<int32_t>(S);
+      d.stepInts = c.take<int32_t>(4 * S + allowedCapacity);
+      d.prefillRow = c.take<int32_t>(S);
+      d.promptLen = c.take<int32_t>(S);
+      d.srcRows = c.take<int32_t>(S);
+      d.dstRows = c.take<int32_t>(S);
+      d.rng = c.take<uint64_t>(S);
+      if (withSeen) d.seen = c.take<uint8_t>(S * V);
+      d.kCache.assign(cfg_.numLayers, nullptr);
+      d.vCache.assign(cfg_.numLayers, nullptr);
+      d.convState.assign(cfg_.numLayers, nullptr);
+      for (int64_t l = 0; l < cfg_.numLayers; l++) {
+        if (cfg_.layerTypes[l] == LayerKind::Conv) {
+          d.convState[l] = c.take<float>(S * 2 * H);
+        } else {
+          d.kCache[l] = c.take<bf16>(S * maxLen * kvDim);
+          d.vCache[l] = c.take<bf16>(S * maxLen * kvDim);
+        }
+      }
+      return std::make_pair(d, c.used());
+    };
+    decodeArena_.ensure(layout(nullptr).second);
+    dec_ = layout(decodeArena_.data()).first;
+    const size_t stepBytes = (4 * S + allowedCapacity) * sizeof(int32_t);
+    const size_t hostBytes = stepBytes + S * (2 * sizeof(int32_t) + sizeof(float)) + 64;
+    decodeHost_.ensure(hostBytes);
+    dec_.hostStep = reinterpret_cast<int32_t*>(decodeHost_.data());
+    dec_.hostTokens = reinterpret_cast<int32_t*>(decodeHost_.data() + stepBytes);
+    dec_.hostStatus = dec_.hostTokens + S;
+    dec_.hostLogprobs = reinterpret_cast<float*>(dec_.hostStatus + S);
+  }
+
+  // Runs the distinct prompts that some sequence uses through the forward pass, in left-padded chunks of at most
+  // kPrefillTokens padded tokens, filling every slot's caches and its final hidden state; then one lm_head GEMM
+  // gives each slot's first logits.
+  void prefill(const GenerateArgs& args) {
+    DecodeState& d = dec_;
+    const int64_t S = d.slots, H = cfg_.hiddenSize, V = cfg_.vocabSize;
+    vector<int32_t> distinct;
+    {
+      vector<bool> used(args.prompts.size(), false);
+      for (int32_t p : args.sequencePrompt) used[p] = true;
+      for (size_t p = 0; p < used.size(); p++)
+        if (used[p]) distinct.push_back(int32_t(p));
+    }
+    size_t next = 0;
+    while (next < distinct.size()) {
+      // The chunk: as many prompts as fit the token budget (at least one).
+      size_t end = next;
+      int64_t T = 0;
+      while (end < distinct.size()) {
+        const int64_t len = int64_t(args.prompts[distinct[end]].size());
+        if (end > next && int64_t(end - next + 1) * std::max(T, len) > kPrefillTokens) break;
+        T = std::max(T, len);
+        end++;
+      }
+      const int64_t rows = int64_t(end - next);
+      vector<int32_t> tokens(rows * T, 0), rowOfPrompt(args.prompts.size(), -1);
+      vector<uint8_t> mask(rows * T, 0);
+      for (int64_t r = 0; r < rows; r++) {
+        const vector<int32_t>& prompt = args.prompts[distinct[next + r]];
+        const int64_t pad = T - int64_t(prompt.size());
+        std::copy(prompt.begin(), prompt.end(), tokens.begin() + r * T + pad);
+        std::fill(mask.begin() + r * T + pad, mask.begin() + (r + 1) * T, uint8_t(1));
+        rowOfPrompt[distinct[next + r]] = int32_t(r);
+      }
+      vector<int32_t> prefillRow(S, 0), promptLen(S, 0), srcRows, dstRows;
+      for (int64_t s = 0; s < S; s++) {
+        const int32_t r = rowOfPrompt[args.sequencePrompt[s]];
+        if (r < 0) continue;
+        prefillRow[s] = r;
+        promptLen[s] = int32_t(args.prompts[args.sequencePrompt[s]].size());
+        srcRows.push_back(int32_t(int64_t(r) * T + T - 1));
+        dstRows.push_back(int32_t(s));
+      }
+      const TokenBatchView view{tokens.data(), mask.data(), rows, T};
+      prepareBatch(view, /*withBackward=*/false);
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.prefillRow, prefillRow.data(), S * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.promptLen, promptLen.data(), S * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.srcRows, srcRows.data(), srcRows.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.dstRows, dstRows.data(), dstRows.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      prefillTarget_ = PrefillTarget{int(S), int(T)};
+      try {
+        forward();
+      } catch (...) {
+        prefillTarget_ = PrefillTarget{};
+        throw;
+      }
+      prefillTarget_ = PrefillTarget{};
+      cuda::copyRows(acts_.xFinal, d.srcRows, d.xFinal, d.dstRows, int(srcRows.size()), int(H), stream_);
+      if (d.seen)
+        cuda::markPromptTokens(acts_.tokens, d.prefillRow, d.promptLen, int(S), int(T), int(V), d.seen, stream_);
+      sync();  // the host vectors above are locals
+      next = end;
+    }
+    gemm_->run(false, true, int(S), int(V), int(H), 1.f, d.xFinal, H, computePtr() + lmHead_, H, 0.f, d.logits,
+               cuda::OutType::F32, V, stream_);
+  }
+
+  void sampleStep(const cuda::SamplerParams& params) {
+    DecodeState& d = dec_;
+    cuda::sampleTokens(d.logits, int(cfg_.vocabSize), d.lengths(), d.allowedBegin(), d.allowedCount(),
+                       d.allowedTokens(), d.seen, d.rng, params, d.tokens, d.logprob, d.status, int(d.slots), stream_);
+  }
+
+  // One token for every slot (inactive slots compute garbage rows that nothing reads), then sampling. Only
+  // enqueues work on stream_, so it can be captured into a CUDA graph.
+  void decodeStep(const cuda::SamplerParams& params) {
+    DecodeState& d = dec_;
+    const int64_t S = d.slots, H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
+    const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim, qkDim = qDim + kvDim;
+    const float eps = cfg_.normEps;
+    using cuda::OutType;
+    auto mark = [this](const char* label) {
+      if (profiler_) profiler_->mark(label, stream_);
+    };
+    cuda::embeddingForward(d.tokens, computePtr() + embedding_, d.x, S, int(H), int(V), stream_);
+    mark("embedding");
+    for (int64_t l = 0; l < cfg_.numLayers; l++) {
+      const LayerOffsets& lo = layers_[l];
+      cuda::residualRmsNormForward(d.x, l == 0 ? nullptr : d.delta, d.x, computePtr() + lo.operatorNorm, d.normed,
+                                   d.rstd, S, int(H), eps, stream_);
+      mark("rmsnorm");
+      if (cfg_.layerTypes[l] == LayerKind::Conv) {
+        gemm_->run(false, true, int(S), int(3 * H), int(H), 1.f, d.normed, H, computePtr() + lo.inProj, H, 0.f, d.proj,
+                   OutType::BF16, 3 * H, stream_);
+        mark("gemm in_proj");
+        cuda::shortConvDecode(d.proj, computePtr() + lo.convWeight, d.convState[l], d.lengths(), d.y, int(S), int(H),
+                              stream_);
+        mark("short conv");
+        gemm_->run(false, true, int(S), int(H), int(H), 1.f, d.y, H, computePtr() + lo.outProj, H, 0.f, d.delta,
+                   OutType::BF16, H, stream_);
+        mark("gemm conv out_proj");
+      } else {
+        gemm_->run(false, true, int(S), int(qkvDim), int(H), 1.f, d.normed, H, computePtr() + lo.q, H, 0.f, d.qkv,
+                   OutType::BF16, qkvDim, stream_);
+        mark("gemm qkv");
+        cuda::headNormRopeForward(d.qkv, qkvDim, d.qk, qkDim, computePtr() + lo.qNorm, d.positions(), d.rstdQ, S,
+                                  int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
+        cuda::headNormRopeForward(d.qkv + qDim, qkvDim, d.qk + qDim, qkDim, computePtr() + lo.kNorm, d.positions(),
+                                  d.rstdK, S, int(nkv), int(hd), eps, cfg_.ropeTheta, stream_);
+        mark("q/k norm + rope");
+        cuda::kvCacheAppend(d.qk + qDim, qkDim, d.qkv + qkDim, qkvDim, d.lengths(), d.kCache[l], d.vCache[l], int(S),
+                            int(d.maxLen), int(kvDim), stream_);
+        mark("kv append");
+        cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, int(S), int(d.maxLen),
+                              int(nh), int(nkv), int(hd), stream_);
+        mark("attention");
+        gemm_->run(false, true, int(S), int(H), int(qDim), 1.f, d.attn, qDim, computePtr() + lo.o, qDim, 0.f, d.delta,
+                   OutType::BF16, H, stream_);
+        mark("gemm o_proj");
+      }
+      cuda::residualRmsNormForward(d.x, d.delta, d.x, computePtr() + lo.ffnNorm, d.normed, d.rstd, S, int(H), eps,
+                                   stream_);
+      mark("rmsnorm");
+      gemm_->run(false, true, int(S), int(2 * I), int(H), 1.f, d.normed, H, computePtr() + lo.w1, H, 0.f, d.gateUp,
+                 OutType::BF16, 2 * I, stream_);
+      mark("gemm w1|w3");
+      cuda::swigluForward(d.gateUp, d.act, S, int(I), stream_);
+      mark("swiglu");
+      gemm_->run(false, true, int(S), int(H), int(I), 1.f, d.act, I, computePtr() + lo.w2, I, 0.f, d.delta,
+                 OutType::BF16, H, stream_);
+      mark("gemm w2");
+    }
+    cuda::residualRmsNormForward(d.x, d.delta, d.x, computePtr() + finalNorm_, d.xFinal, d.rstd, S, int(H), eps,
+                                 stream_);
+    mark("rmsnorm");
+    gemm_->run(false, true, int(S), int(V), int(H), 1.f, d.xFinal, H, computePtr() + lmHead_, H, 0.f, d.logits,
+               OutType::F32, V, stream_);
+    mark("gemm lm_head");
+    sampleStep(params);
+    mark("sample");
+  }
 
   float* masterPtr() const { return reinterpret_cast<float*>(master_.data()); }
   bf16* computePtr() const { return reinterpret_cast<bf16*>(compute_.data()); }
@@ -652,6 +1136,15 @@ class CudaEngine final : public Engine {
       gemm_->run(false, true, int(N), int(H), int(qDim), 1.f, la.attn, qDim, computePtr() + lo.o, qDim, 0.f, a.delta,
                  OutType::BF16, H, stream_);
     }
+    if (prefillTarget_.slots > 0) {  // generate()'s prefill: this layer's cache for every slot of the chunk
+      const PrefillTarget& t = prefillTarget_;
+      if (cfg_.layerTypes[l] == LayerKind::Conv)
+        cuda::convStateFromPrefill(la.proj, dec_.prefillRow, dec_.promptLen, t.slots, t.seqLen, int(H),
+                                   dec_.convState[l], stream_);
+      else
+        cuda::kvCacheFromPrefill(la.qk + qDim, qkDim, la.qkv + qkDim, qkvDim, dec_.prefillRow, dec_.promptLen, t.slots,
+                                 t.seqLen, dec_.kCache[l], dec_.vCache[l], int(dec_.maxLen), int(kvDim), stream_);
+    }
     cuda::residualRmsNormForward(la.xIn, a.delta, la.xMid, computePtr() + lo.ffnNorm, la.ffnIn, la.rstdFfn, N, int(H),
                                  eps, stream_);
     gemm_->run(false, true, int(N), int(2 * I), int(H), 1.f, la.ffnIn, H, computePtr() + lo.w1, H, 0.f, la.gateUp,
@@ -663,6 +1156,7 @@ class CudaEngine final : public Engine {
   }
 
   static constexpr int64_t kLogitChunkRows = 2048;  // [2048 x 65536] fp32 logits = 512 MiB at a time
+  static constexpr int64_t kPrefillTokens = 16384;  // padded tokens per prefill forward
 
   ModelConfig cfg_;
   int threads_;
@@ -683,6 +1177,12 @@ class CudaEngine final : public Engine {
   float temperature_ = 1.f;
   bool simtAttention_ = false;
   bool recompute_ = false;
+  bool useGraphs_ = true;
+  DeviceBuffer decodeArena_;
+  PinnedBuffer decodeHost_;
+  DecodeState dec_;
+  PrefillTarget prefillTarget_;
+  std::unique_ptr<DecodeProfiler> profiler_;
 };
 
 }  // namespace
@@ -690,7 +1190,7 @@ class CudaEngine final : public Engine {
 // Registers the backend with the engine factory (engine.h) when the addon is loaded.
 const bool cudaEngineRegistered = [] {
   registerEngineFactory(Device::CUDA, [](const ModelConfig& config, int threads) { return createCudaEngine(config, threads); },
-                        BackendFeatures{/*generate=*/false, /*lora=*/false});
+                        BackendFeatures{/*generate=*/true, /*lora=*/false});
   return true;
 }();
 

@@ -162,4 +162,61 @@ void fillF32(float* x, int64_t n, float value, cudaStream_t stream);
 void fillBf16(bf16* x, int64_t n, float value, cudaStream_t stream);
 void convertF32ToBf16(const float* src, bf16* dst, int64_t n, cudaStream_t stream);
 
+// ---- decode.cu ----------------------------------------------------------------------------------------------
+// Incremental decoding (generate): a fixed set of `slots` sequences, one row each. A slot is active in a step
+// when lengths[slot] > 0: lengths counts the cached tokens including the one this step appends. Caches:
+// k/v [slots, maxLen, kvDim] bf16 per attention layer, conv state [slots, 2, hidden] fp32 per conv layer (the
+// last two B*x inputs, oldest first).
+//
+// From a left-padded prefill batch [rows, seqLen]: slot s copies row prefillRow[s], whose last promptLen[s]
+// positions are real. k, v: that layer's post-norm+RoPE keys and its values (strided rows, as in the forward).
+void kvCacheFromPrefill(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* prefillRow,
+                        const int32_t* promptLen, int slots, int prefillSeqLen, bf16* kCache, bf16* vCache,
+                        int maxLen, int kvDim, cudaStream_t stream);
+// proj [rows*seqLen, 3H] of a conv layer in the prefill batch -> convState of each slot.
+void convStateFromPrefill(const bf16* proj, const int32_t* prefillRow, const int32_t* promptLen, int slots,
+                          int prefillSeqLen, int hidden, float* convState, cudaStream_t stream);
+// seen[s, token] = 1 for each prompt token of slot s (repetition penalty); tokens [rows*seqLen] of the prefill.
+void markPromptTokens(const int32_t* tokens, const int32_t* prefillRow, const int32_t* promptLen, int slots,
+                      int prefillSeqLen, int vocab, uint8_t* seen, cudaStream_t stream);
+// dst[dstRows[r]] = src[srcRows[r]] for r < count (rows of `dim` bf16).
+void copyRows(const bf16* src, const int32_t* srcRows, bf16* dst, const int32_t* dstRows, int count, int dim,
+              cudaStream_t stream);
+// One decode step of the short conv for every active slot: proj [slots, 3H] -> y [slots, H] (0 when inactive);
+// the state shifts in this step's B*x.
+void shortConvDecode(const bf16* proj, const bf16* convWeight, float* convState, const int32_t* lengths, bf16* y,
+                     int slots, int hidden, cudaStream_t stream);
+// Appends each active slot's k, v (strided rows) at position lengths[s]-1 of its cache.
+void kvCacheAppend(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* lengths,
+                   bf16* kCache, bf16* vCache, int slots, int maxLen, int kvDim, cudaStream_t stream);
+// Attention of one query row per slot over its lengths[s] cached keys (GQA; headDim 64): out [slots, qDim]
+// (row stride outStride), 0 for inactive slots. Scores live in shared memory: maxLen is bounded by
+// decodeAttentionMaxLen().
+void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
+                     bf16* out, int64_t outStride, int slots, int maxLen, int numHeads, int numKvHeads, int headDim,
+                     cudaStream_t stream);
+int decodeAttentionMaxLen(int numHeads, int numKvHeads);
+// Keeps the GPU busy for about `microseconds` (profiling: lets the host enqueue a whole step before it runs, so
+// that events between kernels time the kernels and not the launch gaps).
+void gpuSleep(int microseconds, cudaStream_t stream);
+
+// Token sampling, the GPU twin of cpu::sample_token (same processing, same splitmix64 streams, same log-prob:
+// under the tempered, masked distribution before top-k/top-p/min-p truncation). Per active slot: candidates
+// are allowedTokens[allowedBegin[s] .. + allowedCount[s]) or the whole vocabulary when allowedCount[s] < 0.
+// Truncation keeps every candidate at or above the cut value (ties at the cut are all kept; the CPU keeps
+// exactly top_k, lower ids first). Writes token[s], logprob[s], status[s] (0, or 1 = non-finite logits) and
+// seen[s, token] = 1; advances rng[s] by one draw unless greedy.
+struct SamplerParams {
+  float temperature = 1.f;
+  int topK = 0;
+  float topP = 1.f;
+  float minP = 0.f;
+  float repetitionPenalty = 1.f;
+  bool greedy = false;
+};
+void sampleTokens(const float* logits, int vocab, const int32_t* lengths, const int32_t* allowedBegin,
+                  const int32_t* allowedCount, const int32_t* allowedTokens, uint8_t* seen, uint64_t* rng,
+                  const SamplerParams& params, int32_t* token, float* logprob, int32_t* status, int slots,
+                  cudaStream_t stream);
+
 }  // namespace webgrpo::cuda
