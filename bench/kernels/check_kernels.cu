@@ -509,6 +509,112 @@ struct TimeRow {
 };
 std::vector<TimeRow> timings;
 
+// ---- decoding (generate) -------------------------------------------------------------------------------------
+// slots sequences with caches of up to maxLen tokens; the last slot is inactive (length 0).
+void checkDecode(Rng& rng, int slots, int maxLen, int H, int nh, int nkv, int V, const char* label) {
+  const int hd = 64, qDim = nh * hd, kvDim = nkv * hd;
+  std::vector<int32_t> lengths(slots);
+  for (int s = 0; s < slots; ++s) lengths[s] = s == slots - 1 ? 0 : 1 + int(rng.next() % maxLen);
+  lengths[0] = maxLen;
+  // Attention over the cache, against cpu::attention_decode per slot.
+  {
+    auto q = randomValues(rng, size_t(slots) * qDim, 1.f), k = randomValues(rng, size_t(slots) * maxLen * kvDim, 1.f),
+         v = randomValues(rng, size_t(slots) * maxLen * kvDim, 1.f);
+    for (auto* x : {&q, &k, &v})
+      for (auto& e : *x) e = roundBf16(e);
+    std::vector<float> ref(size_t(slots) * qDim, 0.f);
+    for (int s = 0; s < slots; ++s)
+      if (lengths[s] > 0)
+        cpu::attention_decode(ref.data() + size_t(s) * qDim, q.data() + size_t(s) * qDim, k.data() + size_t(s) * maxLen * kvDim,
+                              v.data() + size_t(s) * maxLen * kvDim, lengths[s], nh, nkv, hd);
+    DeviceArray<bf16> dQ(q.size()), dK(k.size()), dV(v.size()), dOut(ref.size());
+    DeviceArray<int32_t> dLen(slots);
+    DeviceArray<float> work(size_t(cuda::attentionDecodeWorkspace(slots, maxLen, nh)));
+    upload(dQ, q);
+    upload(dK, k);
+    upload(dV, v);
+    upload(dLen, lengths);
+    poison(dOut);
+    cuda::attentionDecode(dQ, qDim, dK, dV, dLen, dOut, qDim, work, slots, maxLen, nh, nkv, hd, nullptr);
+    record(std::string("attention decode ") + label, relError(download(dOut), ref), kTolBf16);
+  }
+  // Short conv step (state update included), against cpu::causal_conv_step.
+  {
+    auto proj = randomValues(rng, size_t(slots) * 3 * H, 1.f), w = randomValues(rng, size_t(H) * 3, 0.5f),
+         state = randomValues(rng, size_t(slots) * 2 * H, 1.f);
+    for (auto& e : proj) e = roundBf16(e);
+    for (auto& e : w) e = roundBf16(e);
+    std::vector<float> y(size_t(slots) * H, 0.f), refState = state, bx(H), conv(H);
+    for (int s = 0; s < slots; ++s) {
+      if (lengths[s] <= 0) continue;
+      const float* row = proj.data() + size_t(s) * 3 * H;
+      for (int c = 0; c < H; ++c) bx[c] = row[c] * row[2 * H + c];
+      // cpu::causal_conv_step's state is [(K-1), H]: the same layout as the kernel's [2, H] per slot.
+      cpu::causal_conv_step(conv.data(), refState.data() + size_t(s) * 2 * H, bx.data(), w.data(), H, 3);
+      for (int c = 0; c < H; ++c) y[size_t(s) * H + c] = row[H + c] * conv[c];
+    }
+    DeviceArray<bf16> dProj(proj.size()), dW(w.size()), dY(y.size());
+    DeviceArray<float> dState(state.size());
+    DeviceArray<int32_t> dLen(slots);
+    upload(dProj, proj);
+    upload(dW, w);
+    upload(dState, state);
+    upload(dLen, lengths);
+    poison(dY);
+    cuda::shortConvDecode(dProj, dW, dState, dLen, dY, slots, H, nullptr);
+    record(std::string("short conv decode y ") + label, relError(download(dY), y), kTolBf16);
+    record(std::string("short conv decode state ") + label, relError(download(dState), refState), kTolF32);
+  }
+  // Sampling, against cpu::sample_token with the same logits and RNG streams: greedy, then temperature 0.7.
+  for (bool greedy : {true, false}) {
+    auto logits = randomValues(rng, size_t(slots) * V, 3.f);
+    std::vector<uint64_t> states(slots);
+    for (int s = 0; s < slots; ++s) states[s] = cpu::rng_seed_for(42, s);
+    cpu::SamplingOptions o;
+    o.greedy = greedy;
+    o.temperature = 0.7f;
+    cuda::SamplerParams params;
+    params.greedy = greedy;
+    params.temperature = 0.7f;
+    std::vector<int32_t> refTok(slots, -1);
+    std::vector<float> refLp(slots, 0.f);
+    for (int s = 0; s < slots; ++s) {
+      if (lengths[s] <= 0) continue;
+      uint64_t st = states[s];
+      refTok[s] = cpu::sample_token(logits.data() + size_t(s) * V, V, nullptr, 0, nullptr, o, st, &refLp[s]);
+    }
+    DeviceArray<float> dLogits(logits.size()), dLp(slots);
+    DeviceArray<int32_t> dLen(slots), dBegin(slots), dCount(slots), dTok(slots), dStatus(slots), dAllowed(1);
+    DeviceArray<uint64_t> dRng(slots);
+    upload(dLogits, logits);
+    upload(dLen, lengths);
+    upload(dBegin, std::vector<int32_t>(slots, 0));
+    upload(dCount, std::vector<int32_t>(slots, -1));
+    upload(dRng, states);
+    cuda::sampleTokens(dLogits, V, dLen, dBegin, dCount, dAllowed, nullptr, dRng, params, dTok, dLp, dStatus, slots,
+                       nullptr);
+    std::vector<int32_t> tok(slots);
+    std::vector<float> lp(slots);
+    CHECK_CUDA(cudaMemcpy(tok.data(), dTok.ptr, slots * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(lp.data(), dLp.ptr, slots * sizeof(float), cudaMemcpyDeviceToHost));
+    int differ = 0;
+    std::vector<float> gotLp, wantLp;
+    for (int s = 0; s < slots; ++s) {
+      if (lengths[s] <= 0) continue;
+      differ += tok[s] != refTok[s];
+      if (tok[s] == refTok[s]) {
+        gotLp.push_back(lp[s]);
+        wantLp.push_back(refLp[s]);
+      }
+    }
+    // The same logits and RNG draw pick the same token unless the draw lands within float rounding of a boundary.
+    record(std::string(greedy ? "sample greedy " : "sample T=0.7 ") + label + ": share of tokens differing",
+           double(differ) / (slots - 1), greedy ? 0.0 : 0.05);
+    record(std::string(greedy ? "sample greedy " : "sample T=0.7 ") + label + ": logprob", relError(gotLp, wantLp),
+           kTolF32);
+  }
+}
+
 double medianMs(const std::function<void()>& fn, int reps = 20) {
   for (int i = 0; i < 3; ++i) fn();
   CHECK_CUDA(cudaDeviceSynchronize());
@@ -708,6 +814,32 @@ void runTimings(Rng& rng, cuda::Gemm& gemm) {
     ms = medianMs([&] { cuda::sumSquares(g, n, partials, sum, nullptr); }, 10);
     addTiming("grad sum of squares (354M)", ms, n * f4, 0);
   }
+  // Decode step pieces at 64 sequences with 576 cached tokens (512-token prompts, half of 64 new ones... at most).
+  {
+    const int slots = 64, len = 576, nh = 16, nkv = 8, hd = 64, V = 65536;
+    DeviceArray<bf16> q(size_t(slots) * nh * hd), k(size_t(slots) * len * nkv * hd), v(k.n), out(q.n);
+    DeviceArray<int32_t> lengths(slots), begin(slots), count(slots), tok(slots), status(slots), allowed(1);
+    DeviceArray<float> work(size_t(cuda::attentionDecodeWorkspace(slots, len, nh))), logits(size_t(slots) * V), lp(slots);
+    DeviceArray<uint64_t> rngs(slots);
+    fillRandom(q, rng, 1.f);
+    fillRandom(k, rng, 1.f);
+    fillRandom(v, rng, 1.f);
+    fillRandom(logits, rng, 3.f);
+    upload(lengths, std::vector<int32_t>(slots, len));
+    upload(begin, std::vector<int32_t>(slots, 0));
+    upload(count, std::vector<int32_t>(slots, -1));
+    upload(rngs, std::vector<uint64_t>(slots, 7));
+    double ms = medianMs([&] {
+      cuda::attentionDecode(q, nh * hd, k, v, lengths, out, nh * hd, work, slots, len, nh, nkv, hd, nullptr);
+    });
+    addTiming("attention decode (64 seqs x 576 cached)", ms, double(k.n) * 2 * 2, 0);
+    cuda::SamplerParams params;
+    ms = medianMs([&] {
+      cuda::sampleTokens(logits, V, lengths, begin, count, allowed, nullptr, rngs, params, tok, lp, status, slots,
+                         nullptr);
+    });
+    addTiming("sample (64 rows x 65536, T=1)", ms, double(logits.n) * 4, 0);
+  }
 }
 
 int main(int argc, char** argv) {
@@ -762,6 +894,8 @@ int main(int argc, char** argv) {
     checkLmHead(rng, gemm, 100, 256, 1000, true, "small constrained");
     checkLmHead(rng, gemm, 40, 1024, 65536, false, "350M vocab");
     checkAdamW(rng);
+    checkDecode(rng, 5, 150, 256, 4, 2, 1000, "small");
+    checkDecode(rng, 33, 600, 1024, 16, 8, 65536, "350M");
   }
   if (checks.empty()) {
     std::fprintf(stderr, "no checks match --only %s\n", only.c_str());

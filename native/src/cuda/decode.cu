@@ -98,7 +98,8 @@ __global__ void kvCacheAppendKernel(const bf16* __restrict__ k, int64_t kStride,
 
 constexpr int kHeadDim = 64;
 constexpr int kDecodeThreads = 128;
-constexpr int kMaxDecodeSmem = 200 * 1024;
+constexpr int kKeysPerBlock = 64;            // flash-decoding split: each block scores this many cached keys
+constexpr int kPartialStride = kHeadDim + 2;  // per (slot, head, split): 64 unnormalised outputs, max, sum
 
 __device__ __forceinline__ float blockMax(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
@@ -109,31 +110,29 @@ __device__ __forceinline__ float blockMax(float v, float* scratch) {
   return warpMax(lane < warps ? scratch[lane] : -FLT_MAX);
 }
 
-// Block per (kv head, slot): the `group` query heads that share the kv head read its keys and values once.
-// Phase 1 scores every cached key (a thread per key), phase 2 the softmax, phase 3 a thread per (head, dim)
-// sums the values (coalesced rows).
-__global__ void attentionDecodeKernel(const bf16* __restrict__ q, int64_t qStride, const bf16* __restrict__ kCache,
-                                      const bf16* __restrict__ vCache, const int32_t* __restrict__ lengths,
-                                      bf16* __restrict__ out, int64_t outStride, int maxLen, int numHeads,
-                                      int numKvHeads, float scale) {
+// Block per (kv head, slot, split of kKeysPerBlock keys): the `group` query heads that share the kv head read
+// those keys and values once. A thread per key scores it, a warp per head takes the softmax over the split, a
+// thread per (head, dim) sums the values (coalesced rows); the split's max, sum and unnormalised output go to
+// `partial` for attentionDecodeCombineKernel.
+__global__ void __launch_bounds__(kDecodeThreads)
+attentionDecodePartialKernel(const bf16* __restrict__ q, int64_t qStride, const bf16* __restrict__ kCache,
+                             const bf16* __restrict__ vCache, const int32_t* __restrict__ lengths,
+                             float* __restrict__ partial, int maxSplits, int maxLen, int numHeads, int numKvHeads,
+                             float scale) {
   extern __shared__ float smem[];
-  __shared__ float scratch[32];
-  const int kvh = blockIdx.x, s = blockIdx.y;
-  const int group = numHeads / numKvHeads, len = lengths[s];
-  const int kvDim = numKvHeads * kHeadDim;
-  bf16* outRow = out + int64_t(s) * outStride + int64_t(kvh) * group * kHeadDim;
-  if (len <= 0) {
-    for (int i = threadIdx.x; i < group * kHeadDim; i += blockDim.x) outRow[i] = toBf16(0.f);
-    return;
-  }
-  float* qs = smem;                       // [group][64]
-  float* scores = smem + group * kHeadDim;  // [group][len]
+  const int kvh = blockIdx.x, s = blockIdx.y, split = blockIdx.z;
+  const int len = lengths[s], begin = split * kKeysPerBlock;
+  if (len <= 0 || begin >= len) return;
+  const int n = min(kKeysPerBlock, len - begin);
+  const int group = numHeads / numKvHeads, kvDim = numKvHeads * kHeadDim;
+  float* qs = smem;                                   // [group][64]
+  float* p = smem + group * kHeadDim;                 // [group][kKeysPerBlock]
   const bf16* qRow = q + int64_t(s) * qStride + int64_t(kvh) * group * kHeadDim;
   for (int i = threadIdx.x; i < group * kHeadDim; i += blockDim.x) qs[i] = toFloat(qRow[i]) * scale;
   __syncthreads();
-  const bf16* kBase = kCache + int64_t(s) * maxLen * kvDim + kvh * kHeadDim;
-  const bf16* vBase = vCache + int64_t(s) * maxLen * kvDim + kvh * kHeadDim;
-  for (int j = threadIdx.x; j < len; j += blockDim.x) {
+  const bf16* kBase = kCache + (int64_t(s) * maxLen + begin) * kvDim + kvh * kHeadDim;
+  const bf16* vBase = vCache + (int64_t(s) * maxLen + begin) * kvDim + kvh * kHeadDim;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
     float key[kHeadDim];
     const uint4* src = reinterpret_cast<const uint4*>(kBase + int64_t(j) * kvDim);
 #pragma unroll
@@ -147,47 +146,73 @@ __global__ void attentionDecodeKernel(const bf16* __restrict__ q, int64_t qStrid
       float dot = 0.f;
 #pragma unroll
       for (int d = 0; d < kHeadDim; ++d) dot += qs[g * kHeadDim + d] * key[d];
-      scores[g * len + j] = dot;
+      p[g * kKeysPerBlock + j] = dot;
     }
   }
   __syncthreads();
-  for (int g = 0; g < group; ++g) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  float* out = partial + ((int64_t(s) * numHeads + int64_t(kvh) * group) * maxSplits + split) * kPartialStride;
+  for (int g = warp; g < group; g += warps) {
     float m = -FLT_MAX;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, scores[g * len + j]);
-    m = blockMax(m, scratch);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-      const float e = __expf(scores[g * len + j] - m);
-      scores[g * len + j] = e;
-      sum += e;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, p[g * kKeysPerBlock + j]);
+    m = warpMax(m);
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float e = expf(p[g * kKeysPerBlock + j] - m);
+      p[g * kKeysPerBlock + j] = e;
+      l += e;
     }
-    sum = blockSum(sum, scratch);
-    // Normalise in place so phase 3 needs no per-head divisor.
-    const float inv = 1.f / sum;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) scores[g * len + j] *= inv;
-    __syncthreads();
+    l = warpSum(l);
+    if (lane == 0) {
+      float* o = out + int64_t(g) * maxSplits * kPartialStride;
+      o[kHeadDim] = m;
+      o[kHeadDim + 1] = l;
+    }
   }
+  __syncthreads();
   for (int i = threadIdx.x; i < group * kHeadDim; i += blockDim.x) {
     const int g = i / kHeadDim, d = i % kHeadDim;
-    const float* p = scores + g * len;
+    const float* w = p + g * kKeysPerBlock;
     float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
     int j = 0;
-    for (; j + 4 <= len; j += 4) {
-      acc0 += p[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
-      acc1 += p[j + 1] * toFloat(vBase[int64_t(j + 1) * kvDim + d]);
-      acc2 += p[j + 2] * toFloat(vBase[int64_t(j + 2) * kvDim + d]);
-      acc3 += p[j + 3] * toFloat(vBase[int64_t(j + 3) * kvDim + d]);
+    for (; j + 4 <= n; j += 4) {
+      acc0 += w[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
+      acc1 += w[j + 1] * toFloat(vBase[int64_t(j + 1) * kvDim + d]);
+      acc2 += w[j + 2] * toFloat(vBase[int64_t(j + 2) * kvDim + d]);
+      acc3 += w[j + 3] * toFloat(vBase[int64_t(j + 3) * kvDim + d]);
     }
-    for (; j < len; ++j) acc0 += p[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
-    outRow[i] = toBf16((acc0 + acc1) + (acc2 + acc3));
+    for (; j < n; ++j) acc0 += w[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
+    out[int64_t(g) * maxSplits * kPartialStride + d] = (acc0 + acc1) + (acc2 + acc3);
   }
+}
+
+// Block per (head, slot), a thread per dim: merges the splits' partial softmaxes.
+__global__ void attentionDecodeCombineKernel(const float* __restrict__ partial, const int32_t* __restrict__ lengths,
+                                             bf16* __restrict__ out, int64_t outStride, int numHeads, int maxSplits) {
+  const int h = blockIdx.x, s = blockIdx.y, d = threadIdx.x;
+  const int len = lengths[s];
+  bf16* dst = out + int64_t(s) * outStride + int64_t(h) * kHeadDim;
+  if (len <= 0) {
+    dst[d] = toBf16(0.f);
+    return;
+  }
+  const int splits = (len + kKeysPerBlock - 1) / kKeysPerBlock;
+  const float* base = partial + (int64_t(s) * numHeads + h) * maxSplits * kPartialStride;
+  float m = -FLT_MAX;
+  for (int i = 0; i < splits; ++i) m = fmaxf(m, base[i * kPartialStride + kHeadDim]);
+  float l = 0.f, acc = 0.f;
+  for (int i = 0; i < splits; ++i) {
+    const float* part = base + i * kPartialStride;
+    const float w = expf(part[kHeadDim] - m);
+    l += w * part[kHeadDim + 1];
+    acc += w * part[d];
+  }
+  dst[d] = toBf16(acc / l);
 }
 
 __global__ void gpuSleepKernel(int microseconds) {
   for (int i = 0; i < microseconds; ++i) __nanosleep(1000);
 }
-
-size_t attentionDecodeSmem(int group, int maxLen) { return size_t(group) * (kHeadDim + maxLen) * sizeof(float); }
 
 // ---- sampling -----------------------------------------------------------------------------------------------
 constexpr int kSampleThreads = 1024;
@@ -266,13 +291,11 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   Candidates c{row, seenRow, allowedCount[s] >= 0 ? allowedTokens + allowedBegin[s] : nullptr,
                allowedCount[s] >= 0 ? allowedCount[s] : vocab, params.repetitionPenalty,
                params.greedy ? 1.f : params.temperature};
-  // Non-finite logits anywhere in the row fail the sequence, as on the CPU.
+  // Non-finite logits anywhere in the row fail the sequence, as on the CPU (checked in the max pass below when
+  // every token is a candidate).
   int bad = 0;
-  for (int i = tid; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
-  if (__syncthreads_or(bad)) {
-    if (tid == 0) status[s] = 1;
-    return;
-  }
+  if (c.ids)
+    for (int i = tid; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
   // Contiguous chunks per thread, so that the draw below walks candidates in their order.
   const int chunk = (c.count + blockDim.x - 1) / blockDim.x;
   const int begin = min(c.count, tid * chunk), end = min(c.count, begin + chunk);
@@ -280,14 +303,19 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   int best = -1;  // candidate index of the greedy choice (lowest id among the maxima)
   for (int j = begin; j < end; ++j) {
     const float z = c.z(j);
+    if (!c.ids) bad |= !isfinite(row[j]);
     if (z > maxZ || (z == maxZ && best >= 0 && c.id(j) < c.id(best))) {
       maxZ = z;
       best = j;
     }
   }
+  if (__syncthreads_or(bad)) {
+    if (tid == 0) status[s] = 1;
+    return;
+  }
   const float blockMaxZ = blockMax(maxZ, scratchF);
   double sum = 0;
-  for (int j = begin; j < end; ++j) sum += exp(double(c.z(j)) - double(blockMaxZ));
+  for (int j = begin; j < end; ++j) sum += double(expf(c.z(j) - blockMaxZ));
   const double total = blockSumD(sum, scratchD);
   const double lse = double(blockMaxZ) + log(total);
 
@@ -325,7 +353,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
     double kept = 0;
     for (int j = begin; j < end; ++j) {
       const float z = c.z(j);
-      if (orderedKey(z) >= cut) kept += exp(double(z) - double(blockMaxZ));
+      if (orderedKey(z) >= cut) kept += double(expf(z - blockMaxZ));
     }
     const double target = double(params.topP) * blockSumD(kept, scratchD);
     uint64_t lo = cut, hi = 0xffffffffu;  // largest cut whose kept mass still reaches the target
@@ -334,7 +362,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
       double mass = 0;
       for (int j = begin; j < end; ++j) {
         const float z = c.z(j);
-        if (orderedKey(z) >= mid) mass += exp(double(z) - double(blockMaxZ));
+        if (orderedKey(z) >= mid) mass += double(expf(z - blockMaxZ));
       }
       if (blockSumD(mass, scratchD) >= target) lo = mid; else hi = mid - 1;
     }
@@ -345,7 +373,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   auto weight = [&](int j) -> double {
     const float z = c.z(j);
     if (orderedKey(z) < cut) return 0.0;
-    const double w = exp(double(z) - double(blockMaxZ));
+    const double w = double(expf(z - blockMaxZ));
     return w >= minWeight ? w : 0.0;
   };
   double mine = 0;
@@ -463,33 +491,28 @@ void gpuSleep(int microseconds, cudaStream_t stream) {
   WG_LAUNCH_CHECK(gpuSleepKernel);
 }
 
-int decodeAttentionMaxLen(int numHeads, int numKvHeads) {
-  const int group = numHeads / numKvHeads;
-  return int(kMaxDecodeSmem / (sizeof(float) * group)) - kHeadDim;
+int64_t attentionDecodeWorkspace(int slots, int maxLen, int numHeads) {
+  return int64_t(slots) * numHeads * ((maxLen + kKeysPerBlock - 1) / kKeysPerBlock) * kPartialStride;
 }
 
 void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
-                     bf16* out, int64_t outStride, int slots, int maxLen, int numHeads, int numKvHeads, int headDim,
-                     cudaStream_t stream) {
+                     bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
+                     int numKvHeads, int headDim, cudaStream_t stream) {
   require(headDim == kHeadDim, "attentionDecode: headDim must be 64");
   require(numKvHeads > 0 && numHeads % numKvHeads == 0, "attentionDecode: numHeads must be a multiple of numKvHeads");
-  require(maxLen <= decodeAttentionMaxLen(numHeads, numKvHeads),
-          "attentionDecode: context of " + std::to_string(maxLen) + " tokens is over the decode kernel's limit of " +
-              std::to_string(decodeAttentionMaxLen(numHeads, numKvHeads)));
   require(reinterpret_cast<uintptr_t>(kCache) % 16 == 0 && (numKvHeads * kHeadDim) % 8 == 0,
           "attentionDecode: the key cache must be 16-byte aligned");
-  if (slots == 0) return;
-  const size_t smem = attentionDecodeSmem(numHeads / numKvHeads, maxLen);
-  // Raising the shared-memory limit is not a stream operation, so it also works while a graph is captured.
-  static size_t allowedSmem = 48 * 1024;
-  if (smem > allowedSmem) {
-    WG_CUDA_CHECK(cudaFuncSetAttribute(attentionDecodeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       kMaxDecodeSmem));
-    allowedSmem = kMaxDecodeSmem;
-  }
-  attentionDecodeKernel<<<dim3(unsigned(numKvHeads), unsigned(slots)), kDecodeThreads, smem, stream>>>(
-      q, qStride, kCache, vCache, lengths, out, outStride, maxLen, numHeads, numKvHeads, 1.f / sqrtf(float(headDim)));
-  WG_LAUNCH_CHECK(attentionDecodeKernel);
+  if (slots == 0 || maxLen == 0) return;
+  const int group = numHeads / numKvHeads, maxSplits = (maxLen + kKeysPerBlock - 1) / kKeysPerBlock;
+  const size_t smem = size_t(group) * (kHeadDim + kKeysPerBlock) * sizeof(float);
+  require(smem <= 48 * 1024, "attentionDecode: too many query heads per kv head (" + std::to_string(group) + ")");
+  attentionDecodePartialKernel<<<dim3(unsigned(numKvHeads), unsigned(slots), unsigned(maxSplits)), kDecodeThreads,
+                                 smem, stream>>>(q, qStride, kCache, vCache, lengths, workspace, maxSplits, maxLen,
+                                                 numHeads, numKvHeads, 1.f / sqrtf(float(headDim)));
+  WG_LAUNCH_CHECK(attentionDecodePartialKernel);
+  attentionDecodeCombineKernel<<<dim3(unsigned(numHeads), unsigned(slots)), kHeadDim, 0, stream>>>(
+      workspace, lengths, out, outStride, numHeads, maxSplits);
+  WG_LAUNCH_CHECK(attentionDecodeCombineKernel);
 }
 
 void sampleTokens(const float* logits, int vocab, const int32_t* lengths, const int32_t* allowedBegin,

@@ -503,11 +503,6 @@ class CudaEngine final : public Engine {
     int64_t maxPrompt = 0;
     for (int32_t p : args.sequencePrompt) maxPrompt = std::max<int64_t>(maxPrompt, int64_t(args.prompts[p].size()));
     const int64_t maxLen = maxPrompt + args.maxNewTokens;
-    if (numAttentionLayers() > 0 && maxLen > cuda::decodeAttentionMaxLen(int(cfg_.numHeads), int(cfg_.numKvHeads)))
-      throw std::invalid_argument("generate: prompt (" + std::to_string(maxPrompt) + ") + maxNewTokens (" +
-                                  std::to_string(args.maxNewTokens) + ") tokens exceed the CUDA decode limit of " +
-                                  std::to_string(cuda::decodeAttentionMaxLen(int(cfg_.numHeads), int(cfg_.numKvHeads))) +
-                                  " cached tokens per sequence");
     if (maxLen > std::numeric_limits<int32_t>::max() / 2) throw std::invalid_argument("generate: sequences too long");
     auto trieOf = [&](int64_t s) -> const TokenTrieView* {
       return args.constraints.empty() ? nullptr : args.constraints[s].get();
@@ -617,13 +612,16 @@ class CudaEngine final : public Engine {
     }
     // Then one decode step per token.
     GraphGuard graph;
+    bool graphReady = false;
     while (uploadStep(true)) {
       if (profiler_) {
         profiler_->beginStep(stream_);
         decodeStep(params);
         profiler_->endStep();
-      } else if (!useGraphs_) {
+      } else if (!useGraphs_ || !graphReady) {
+        // The first step runs uncaptured: cuBLASLt plans for the decode shapes are made (and timed) here.
         decodeStep(params);
+        graphReady = useGraphs_;
       } else {
         if (!graph.exec) {
           WG_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -662,6 +660,7 @@ class CudaEngine final : public Engine {
   struct DecodeState {
     int64_t slots = 0, maxLen = 0;
     float *x = nullptr, *rstd = nullptr, *rstdQ = nullptr, *rstdK = nullptr, *logits = nullptr, *logprob = nullptr;
+    float* attnWorkspace = nullptr;
     bf16 *normed = nullptr, *proj = nullptr, *y = nullptr, *qkv = nullptr, *qk = nullptr, *attn = nullptr;
     bf16 *gateUp = nullptr, *act = nullptr, *delta = nullptr, *xFinal = nullptr;
     int32_t *tokens = nullptr, *status = nullptr, *stepInts = nullptr;
@@ -721,10 +720,6 @@ class CudaEngine final : public Engine {
     int slots = 0, seqLen = 0;
   };
 
-  int64_t numAttentionLayers() const {
-    return std::count(cfg_.layerTypes.begin(), cfg_.layerTypes.end(), LayerKind::Attention);
-  }
-
   void prepareDecode(int64_t S, int64_t maxLen, int64_t allowedCapacity, bool withSeen) {
     const int64_t H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
     const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
@@ -740,6 +735,7 @@ class CudaEngine final : public Engine {
       d.rstdK = c.take<float>(S * nkv);
       d.logits = c.take<float>(S * V);
       d.logprob = c.take<float>(S);
+      d.attnWorkspace = c.take<float>(cuda::attentionDecodeWorkspace(int(S), int(maxLen), int(nh)));
       d.normed = c.take<bf16>(S * H);
       d.proj = c.take<bf16>(S * 3 * H);
       d.y = c.take<bf16>(S * H);
@@ -897,8 +893,8 @@ class CudaEngine final : public Engine {
         cuda::kvCacheAppend(d.qk + qDim, qkDim, d.qkv + qkDim, qkvDim, d.lengths(), d.kCache[l], d.vCache[l], int(S),
                             int(d.maxLen), int(kvDim), stream_);
         mark("kv append");
-        cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, int(S), int(d.maxLen),
-                              int(nh), int(nkv), int(hd), stream_);
+        cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, d.attnWorkspace, int(S),
+                              int(d.maxLen), int(nh), int(nkv), int(hd), stream_);
         mark("attention");
         gemm_->run(false, true, int(S), int(H), int(qDim), 1.f, d.attn, qDim, computePtr() + lo.o, qDim, 0.f, d.delta,
                    OutType::BF16, H, stream_);

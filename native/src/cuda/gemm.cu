@@ -196,8 +196,17 @@ struct Gemm::Impl {
 
   // cuBLAS is column-major: the row-major product C = op(A) op(B) is computed as the column-major
   // C^T = op(B)^T op(A)^T, i.e. with the operands swapped and the same transpose flags.
+  // The operands of the call that creates a plan, for timing candidate algorithms on them.
+  struct Operands {
+    const void *A, *B;
+    void* C;
+    float alpha;
+    cudaStream_t stream;
+  };
+
   const Plan& plan(bool transA, bool transB, int M, int N, int K, int64_t lda, int64_t ldb, int64_t ldc,
-                   OutType cType, bool accumulate, uint32_t alignA, uint32_t alignB, uint32_t alignC) {
+                   OutType cType, bool accumulate, uint32_t alignA, uint32_t alignB, uint32_t alignC,
+                   const Operands& ops) {
     const PlanKey key{transA, transB, M, N, K, lda, ldb, ldc, static_cast<int>(cType), accumulate, alignA, alignB,
                       alignC};
     auto found = plans.find(key);
@@ -221,16 +230,59 @@ struct Gemm::Impl {
     const uint32_t alignments[4] = {alignB, alignA, alignC, alignC};
     for (int i = 0; i < 4; ++i)
       checkLt(lt->prefSetAttribute(pref, kPrefMinAlignmentA + i, &alignments[i], sizeof(uint32_t)), "set alignment");
-    LtHeuristicResult result{};
+    // Products of a few rows (decode steps) are timed over the heuristic's first candidates, once: its first
+    // pick is often a tile far too large for them (few CTAs for the whole weight read). Only where C is
+    // overwritten (no accumulation to disturb) and the stream is not being captured into a graph.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    WG_CUDA_CHECK(cudaStreamIsCapturing(ops.stream, &capture));
+    const bool tune = M <= kTuneMaxRows && !accumulate && capture == cudaStreamCaptureStatusNone;
+    LtHeuristicResult results[kTuneCandidates]{};
     int returned = 0;
-    const LtStatus status = lt->heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &returned);
+    const LtStatus status =
+        lt->heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, tune ? kTuneCandidates : 1, results, &returned);
     lt->prefDestroy(pref);
     if (status != 0 || returned == 0)
       throw std::runtime_error("cuBLASLt has no algorithm for gemm M=" + std::to_string(M) + " N=" +
                                std::to_string(N) + " K=" + std::to_string(K));
-    p.algo = result.algo;
+    p.algo = results[0].algo;
+    if (tune && returned > 1) p.algo = fastest(p, results, returned, ops);
     return plans.emplace(key, p).first->second;
   }
+
+  LtAlgo fastest(const Plan& p, const LtHeuristicResult* results, int count, const Operands& ops) {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    WG_CUDA_CHECK(cudaEventCreate(&start));
+    WG_CUDA_CHECK(cudaEventCreate(&stop));
+    const float beta = 0.f;
+    LtAlgo best = results[0].algo;
+    float bestMs = 0;
+    bool found = false;
+    for (int i = 0; i < count; ++i) {
+      auto launch = [&] {
+        return lt->matmul(handle, p.desc, &ops.alpha, ops.B, p.a, ops.A, p.b, &beta, ops.C, p.c, ops.C, p.c,
+                          &results[i].algo, workspace, workspaceBytes, ops.stream);
+      };
+      if (launch() != 0) continue;  // a candidate this configuration rejects
+      WG_CUDA_CHECK(cudaEventRecord(start, ops.stream));
+      for (int r = 0; r < kTuneRepeats; ++r) launch();
+      WG_CUDA_CHECK(cudaEventRecord(stop, ops.stream));
+      WG_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      WG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (!found || ms < bestMs) {
+        best = results[i].algo;
+        bestMs = ms;
+        found = true;
+      }
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return best;
+  }
+
+  static constexpr int kTuneMaxRows = 256;
+  static constexpr int kTuneCandidates = 8;
+  static constexpr int kTuneRepeats = 5;
 };
 
 Gemm::Gemm(size_t workspaceBytes, bool forceFallback) : impl_(std::make_unique<Impl>()) {
@@ -260,7 +312,7 @@ void Gemm::run(bool transA, bool transB, int M, int N, int K, float alpha, const
   if (impl_->lt) {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     const Plan& p = impl_->plan(transA, transB, M, N, K, lda, ldb, ldc, cType, beta != 0.f, alignmentOf(A),
-                                alignmentOf(B), alignmentOf(C));
+                                alignmentOf(B), alignmentOf(C), Impl::Operands{A, B, C, alpha, stream});
     checkLt(impl_->lt->matmul(impl_->handle, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                               impl_->workspace, impl_->workspaceBytes, stream),
             "Matmul");

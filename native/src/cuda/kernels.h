@@ -190,12 +190,12 @@ void shortConvDecode(const bf16* proj, const bf16* convWeight, float* convState,
 void kvCacheAppend(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* lengths,
                    bf16* kCache, bf16* vCache, int slots, int maxLen, int kvDim, cudaStream_t stream);
 // Attention of one query row per slot over its lengths[s] cached keys (GQA; headDim 64): out [slots, qDim]
-// (row stride outStride), 0 for inactive slots. Scores live in shared memory: maxLen is bounded by
-// decodeAttentionMaxLen().
+// (row stride outStride), 0 for inactive slots. Split over blocks of 64 keys (flash-decoding), merged by a
+// second kernel; workspace holds attentionDecodeWorkspace() floats.
+int64_t attentionDecodeWorkspace(int slots, int maxLen, int numHeads);
 void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
-                     bf16* out, int64_t outStride, int slots, int maxLen, int numHeads, int numKvHeads, int headDim,
-                     cudaStream_t stream);
-int decodeAttentionMaxLen(int numHeads, int numKvHeads);
+                     bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
+                     int numKvHeads, int headDim, cudaStream_t stream);
 // Keeps the GPU busy for about `microseconds` (profiling: lets the host enqueue a whole step before it runs, so
 // that events between kernels time the kernels and not the launch gaps).
 void gpuSleep(int microseconds, cudaStream_t stream);
