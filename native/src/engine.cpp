@@ -1,8 +1,12 @@
 #include "engine.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <stdexcept>
+
+#include "cpu/ops.h"
 
 namespace webgrpo {
 
@@ -192,6 +196,78 @@ void validateGenerateArgs(const GenerateArgs& args, int64_t V) {
         throw std::invalid_argument(where + "edge target node " + std::to_string(trie->childNodes[e]) + " does not exist");
     }
   }
+}
+
+LoraPlan planLora(const ModelConfig& cfg, const LoraConfig& lc, const std::vector<ParameterInfo>& table,
+                  const std::function<int64_t(const std::string&)>& offsetOf) {
+  if (lc.rank < 1) throw std::invalid_argument("enableLora: rank must be >= 1, got " + std::to_string(lc.rank));
+  if (!(lc.alpha > 0)) throw std::invalid_argument("enableLora: alpha must be > 0");
+  if (!(lc.dropout >= 0 && lc.dropout < 1))
+    throw std::invalid_argument("enableLora: dropout must be in [0, 1), got " + std::to_string(lc.dropout));
+  if (lc.targets.empty()) throw std::invalid_argument("enableLora: targets is empty");
+  static const char* kModules[] = {"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"};
+  for (const std::string& t : lc.targets)
+    if (std::find(std::begin(kModules), std::end(kModules), t) == std::end(kModules))
+      throw std::invalid_argument("enableLora: target '" + t + "' is not an LFM2 linear layer (q_proj, k_proj, v_proj, "
+                                  "out_proj, in_proj, w1, w2, w3)");
+  auto wanted = [&](const char* module) { return std::find(lc.targets.begin(), lc.targets.end(), module) != lc.targets.end(); };
+  std::unordered_map<std::string, const ParameterInfo*> byName;
+  for (const ParameterInfo& p : table) byName[p.name] = &p;
+  std::unordered_map<std::string, bool> matched;
+  std::vector<std::pair<int64_t, std::string>> chosen;  // (base offset, base name without ".weight")
+  for (int64_t l = 0; l < cfg.numLayers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<std::pair<const char*, std::string>> modules = {
+        {"w1", "feed_forward.w1"}, {"w2", "feed_forward.w2"}, {"w3", "feed_forward.w3"}};
+    if (cfg.layerTypes[l] == LayerKind::Conv) {
+      modules.insert(modules.begin(), {{"in_proj", "conv.in_proj"}, {"out_proj", "conv.out_proj"}});
+    } else {
+      modules.insert(modules.begin(), {{"q_proj", "self_attn.q_proj"}, {"k_proj", "self_attn.k_proj"},
+                                       {"v_proj", "self_attn.v_proj"}, {"out_proj", "self_attn.out_proj"}});
+    }
+    for (auto& [module, path] : modules) {
+      if (!wanted(module)) continue;
+      matched[module] = true;
+      chosen.push_back({offsetOf(p + path + ".weight"), p + path});
+    }
+  }
+  for (const std::string& t : lc.targets)
+    if (!matched.count(t)) throw std::invalid_argument("enableLora: target '" + t + "' matches no layer of this model");
+  LoraPlan plan;
+  for (auto& [offset, base] : chosen) {
+    const std::vector<int64_t>& shape = byName.at(base + ".weight")->shape;  // [out, in]
+    LoraAdapter ad;
+    ad.baseOffset = offset;
+    ad.out = shape[0];
+    ad.in = shape[1];
+    ad.index = plan.adapters.size();
+    for (const char* which : {"lora_A", "lora_B"}) {
+      ParameterInfo info{base + "." + which + ".weight",
+                         which[5] == 'A' ? std::vector<int64_t>{lc.rank, shape[1]} : std::vector<int64_t>{shape[0], lc.rank}};
+      // 16-element alignment keeps bf16 views of every tensor 32-byte aligned (GEMM operands).
+      plan.total = (plan.total + 15) / 16 * 16;
+      plan.offsets.push_back(plan.total);
+      plan.numels.push_back(shapeNumel(info.shape));
+      (which[5] == 'A' ? ad.a : ad.b) = plan.total;
+      plan.total += plan.numels.back();
+      plan.table.push_back(std::move(info));
+    }
+    plan.adapters.push_back(ad);
+  }
+  plan.scale = lc.rslora ? float(lc.alpha / std::sqrt(double(lc.rank))) : float(lc.alpha / double(lc.rank));
+  return plan;
+}
+
+std::vector<float> LoraPlan::initial(uint64_t seed) const {
+  std::vector<float> values(total, 0.0f);
+  // PEFT's init: A ~ Kaiming-uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the model is unchanged.
+  for (size_t i = 0; i < table.size(); i += 2) {
+    const double bound = 1.0 / std::sqrt(double(table[i].shape[1]));
+    uint64_t rng = cpu::rng_seed_for(seed, i / 2);
+    float* a = values.data() + offsets[i];
+    for (int64_t j = 0; j < numels[i]; j++) a[j] = float((2 * cpu::rng_uniform(rng) - 1) * bound);
+  }
+  return values;
 }
 
 }  // namespace webgrpo

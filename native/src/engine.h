@@ -114,6 +114,25 @@ struct LoraConfig {
   uint64_t seed = 0;
 };
 
+// Where a LoRA config puts its adapters over an LFM2 parameter table: one per targeted base weight [out, in], its
+// lora_A [rank, in] and lora_B [out, rank] in an adapter arena (PEFT's tensor names, table order A, B, A, B...).
+struct LoraAdapter {
+  int64_t baseOffset = 0, in = 0, out = 0, a = 0, b = 0;  // a, b: offsets in the adapter arena
+  uint64_t index = 0;                                      // the adapter's number (dropout streams)
+};
+struct LoraPlan {
+  std::vector<ParameterInfo> table;
+  std::vector<int64_t> offsets, numels;  // per table entry, in the adapter arena
+  std::vector<LoraAdapter> adapters;
+  int64_t total = 0;
+  float scale = 0;                       // alpha / rank, or alpha / sqrt(rank) with rsLoRA
+  // PEFT's initial values (A Kaiming-uniform from the seed, B zeros) for the whole arena.
+  std::vector<float> initial(uint64_t seed) const;
+};
+// Validates a LoRA config (std::invalid_argument naming the bad field or target) and plans its adapters.
+LoraPlan planLora(const ModelConfig& config, const LoraConfig& lora, const std::vector<ParameterInfo>& table,
+                  const std::function<int64_t(const std::string&)>& offsetOf);
+
 enum class FinishReason { Stop, Length, Constraint };
 
 struct GenerateOutput {

@@ -1,7 +1,7 @@
 // GPU parity test: the CUDA engine against the CPU engine (fp32 reference) on identical bf16-representable
 // weights (forward, score, backward, AdamW, and generate), then train-step timings of the CUDA engine
 // (generate's are bench/sample.ts's). Built and run by tests/gpu/run.sh on a GPU machine.
-//   engine_parity [--skip-350m] [--skip-timing] [--only-generate] [--dump DIR]
+//   engine_parity [--skip-350m] [--skip-timing] [--only parity,generate,lora] [--dump DIR]
 // Exits 1 if any check fails. Tolerances (issue 6): logits / logprobs relative error <= 1e-2 (bf16 compute),
 // every gradient <= 2e-2; a second identical run must agree with the first to 1e-5 (no moving error).
 #include <cuda_runtime.h>
@@ -643,6 +643,123 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
   }
 }
 
+// ---- LoRA (issue 7): the CUDA adapters against the CPU engine's (which matches PEFT: tests/parity) --------------
+void loraChecks(const char* label, const ModelConfig& cfg, const std::vector<int>& lengths, int64_t seqLen) {
+  std::printf("\n== LoRA: %s ==\n", label);
+  auto [gpu, cpu] = enginePair(cfg, 0.05f);
+  LoraConfig lc;
+  lc.rank = 8;
+  lc.alpha = 16;
+  lc.targets = {"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"};
+  lc.seed = 3;
+  gpu->enableLora(lc);
+  cpu->enableLora(lc);
+  const auto info = gpu->trainableInfo();
+  check(std::string(label) + " adapter tables equal", info.size() == cpu->trainableInfo().size() ? 0 : 1, 0);
+  // lora_B starts at 0 (the model is unchanged); give it values so that every adapter gradient is non-zero.
+  Rng rng{77};
+  double initDiff = 0;
+  for (const auto& p : info) {
+    std::vector<float> w = gpu->getParameter(p.name).toFloat32();
+    if (p.name.find("lora_B") != std::string::npos)
+      for (auto& x : w) x = 0.05f * rng.normal();
+    else
+      initDiff = std::max(initDiff, relError(w, cpu->getParameter(p.name).toFloat32()));
+    for (auto& x : w) x = roundBf16(x);
+    Tensor t = Tensor::fromFloat32(w.data(), w.size(), p.shape, DType::F32, Device::CPU);
+    gpu->setParameter(p.name, t);
+    cpu->setParameter(p.name, t);
+  }
+  check(std::string(label) + " lora_A init equals the CPU's (PEFT's Kaiming-uniform)", initDiff, 1e-6);
+  const Batch batch = makeBatch(rng, lengths, seqLen, cfg.vocabSize);
+  ScoreArgs args;
+  args.batch = batch.view();
+  args.scoreMask = batch.scoreMask.data();
+  args.keepActivations = true;
+  const ScoreOutput gs = gpu->score(args), cs = cpu->score(args);
+  check(std::string(label) + " logprobs with adapters", relError(gs.logprobs, cs.logprobs), 1e-2);
+  std::vector<float> dlp(gs.logprobs.size());
+  for (auto& x : dlp) x = rng.normal() / float(dlp.size());
+  gpu->zeroGrad();
+  cpu->zeroGrad();
+  gpu->backward(dlp.data(), int64_t(dlp.size()));
+  cpu->backward(dlp.data(), int64_t(dlp.size()));
+  std::vector<std::pair<double, std::string>> errors;
+  for (const auto& p : info)
+    errors.push_back({relError(gpu->getGradient(p.name).toFloat32(), cpu->getGradient(p.name).toFloat32()), p.name});
+  std::sort(errors.begin(), errors.end(), [](const auto& a, const auto& b) { return !(a.first <= b.first); });
+  std::printf("  adapter gradient rel. errors over %zu tensors: median %.2e; worst: %s %.2e; %s %.2e\n", errors.size(),
+              errors[errors.size() / 2].first, errors[0].second.c_str(), errors[0].first, errors[1].second.c_str(),
+              errors[1].first);
+  check(std::string(label) + " worst adapter gradient (" + errors[0].second + ")", errors[0].first, 2e-2);
+  check(std::string(label) + " adapter gradNorm", std::fabs(gpu->gradNorm() - cpu->gradNorm()) / cpu->gradNorm(), 2e-2);
+  bool frozen = false;
+  try {
+    gpu->getGradient(gpu->parameterInfo()[1].name);
+  } catch (const std::invalid_argument&) {
+    frozen = true;
+  }
+  check(std::string(label) + " base weights are frozen (no gradient)", frozen ? 0 : 1, 0);
+  // The frozen base is the reference policy: adapters off equals the CPU's base, and differs from adapters on.
+  ScoreArgs off = args;
+  off.keepActivations = false;
+  off.adapters = false;
+  const ScoreOutput go = gpu->score(off), co = cpu->score(off);
+  check(std::string(label) + " logprobs with adapters off (reference policy)", relError(go.logprobs, co.logprobs), 1e-2);
+  check(std::string(label) + " adapters change the model", relError(go.logprobs, gs.logprobs) > 1e-3 ? 0 : 1, 0);
+  // AdamW moves only the adapters.
+  const std::string baseName = "model.layers.0.feed_forward.w1.weight";
+  const auto baseBefore = gpu->getParameter(baseName).toFloat32();
+  const auto aBefore = gpu->getParameter(info[0].name).toFloat32();
+  AdamWArgs adam;
+  adam.lr = 1e-3f;
+  gpu->adamwStep(adam);
+  check(std::string(label) + " AdamW leaves the base unchanged", relError(gpu->getParameter(baseName).toFloat32(), baseBefore), 0);
+  check(std::string(label) + " AdamW moves the adapters",
+        relError(gpu->getParameter(info[0].name).toFloat32(), aBefore) > 1e-5 ? 0 : 1, 0);
+  // Sampling decodes with the merged weights (W + s·B A): its log-probs must be what score() gives unmerged.
+  {
+    GenerateArgs g;
+    for (int i = 0; i < 3; ++i) {
+      std::vector<int32_t> prompt(12 + 9 * i);
+      for (auto& t : prompt) t = int32_t(1 + rng.next() % (cfg.vocabSize - 1));
+      g.prompts.push_back(prompt);
+      g.sequencePrompt.push_back(i);
+    }
+    g.maxNewTokens = 12;
+    g.sampling.temperature = 1.f;
+    g.sampling.seed = 9;
+    const auto outs = gpu->generate(g);
+    check(std::string(label) + " generate (merged adapters) logprobs vs score() (unmerged)",
+          relError(flatLogprobs(outs), rescore(*gpu, g.prompts, g.sequencePrompt, outs, 1.f)), 1e-2);
+  }
+  // Dropout: the same seed gives the same gradients (backward regenerates the masks), another seed others.
+  {
+    LoraConfig ld = lc;
+    ld.dropout = 0.1f;
+    auto dropped = createCudaEngine(cfg, 0);
+    for (const auto& p : gpu->parameterInfo()) dropped->setParameter(p.name, gpu->getParameter(p.name));
+    dropped->enableLora(ld);
+    for (const auto& p : info) dropped->setParameter(p.name, gpu->getParameter(p.name));
+    auto gradsFor = [&](uint64_t seed) {
+      ScoreArgs a = args;
+      a.dropoutSeed = seed;
+      dropped->zeroGrad();
+      dropped->score(a);
+      dropped->backward(dlp.data(), int64_t(dlp.size()));
+      std::vector<float> all;
+      for (const auto& p : info) {
+        const auto grad = dropped->getGradient(p.name).toFloat32();
+        all.insert(all.end(), grad.begin(), grad.end());
+      }
+      return all;
+    };
+    const auto g1 = gradsFor(5), g2 = gradsFor(5), g3 = gradsFor(6);
+    check(std::string(label) + " dropout: same seed, same gradients", relError(g2, g1), 1e-5);
+    check(std::string(label) + " dropout: another seed, other gradients", relError(g3, g1) > 1e-3 ? 0 : 1, 0);
+  }
+}
+
 double gpuUsedGiB() {
   size_t freeBytes = 0, totalBytes = 0;
   cudaMemGetInfo(&freeBytes, &totalBytes);
@@ -688,27 +805,37 @@ void timeTrainStep(const char* label, const std::vector<int>& lengths, int64_t s
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool skip350m = false, skipTiming = false, onlyGenerate = false;
+  bool skip350m = false, skipTiming = false;
+  std::string only = "parity,generate,lora";  // --only: a comma list of these sections
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--skip-350m")) skip350m = true;
     else if (!std::strcmp(argv[i], "--skip-timing")) skipTiming = true;
-    else if (!std::strcmp(argv[i], "--only-generate")) onlyGenerate = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--dump") && i + 1 < argc) dumpDir = argv[++i];
     else {
-      std::fprintf(stderr, "usage: engine_parity [--skip-350m] [--skip-timing] [--only-generate] [--dump DIR]\n");
+      std::fprintf(stderr, "usage: engine_parity [--skip-350m] [--skip-timing] [--only parity,generate,lora] [--dump DIR]\n");
       return 2;
     }
   }
+  auto wants = [&](const char* section) {
+    return ("," + only + ",").find(std::string(",") + section + ",") != std::string::npos;
+  };
   try {
-    if (!onlyGenerate) {
+    if (wants("parity")) {
       parity("small (H=256, 4 layers)", "small", smallConfig(), {40, 25, 1}, 40);
       if (!skip350m) parity("LFM2-350M shapes", "lfm2_350m", lfm2_350m(), {48, 30}, 48);
     }
     // A wider init than LFM2's 0.02 gives the small model a peaked next-token distribution, so that greedy
     // comparisons test decoding rather than bf16 rounding among near-equal logits.
-    generateChecks("small (H=256, 4 layers)", smallConfig(), 0.1f);
-    if (!skip350m) generateChecks("LFM2-350M shapes", lfm2_350m(), 0.05f);
-    if (!skipTiming && !onlyGenerate) {
+    if (wants("generate")) {
+      generateChecks("small (H=256, 4 layers)", smallConfig(), 0.1f);
+      if (!skip350m) generateChecks("LFM2-350M shapes", lfm2_350m(), 0.05f);
+    }
+    if (wants("lora")) {
+      loraChecks("small (H=256, 4 layers)", smallConfig(), {40, 25, 1}, 40);
+      if (!skip350m) loraChecks("LFM2-350M shapes", lfm2_350m(), {48, 30}, 48);
+    }
+    if (!skipTiming && wants("parity")) {
       std::printf("\n== CUDA engine train step (score + backward + AdamW), LFM2-350M, random weights ==\n");
       for (const char* mode : {"0", "1"}) {
         setenv("WEBGRPO_CUDA_RECOMPUTE", mode, 1);

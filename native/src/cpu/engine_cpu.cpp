@@ -128,69 +128,16 @@ class CpuEngine final : public Engine {
 
   void enableLora(const LoraConfig& lc) override {
     if (loraEnabled_) throw std::runtime_error("enableLora: this model already has LoRA adapters");
-    if (lc.rank < 1) throw std::invalid_argument("enableLora: rank must be >= 1, got " + std::to_string(lc.rank));
-    if (!(lc.alpha > 0)) throw std::invalid_argument("enableLora: alpha must be > 0");
-    if (!(lc.dropout >= 0 && lc.dropout < 1))
-      throw std::invalid_argument("enableLora: dropout must be in [0, 1), got " + std::to_string(lc.dropout));
-    if (lc.targets.empty()) throw std::invalid_argument("enableLora: targets is empty");
-    static const char* kModules[] = {"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"};
-    for (const std::string& t : lc.targets)
-      if (std::find(std::begin(kModules), std::end(kModules), t) == std::end(kModules))
-        throw std::invalid_argument("enableLora: target '" + t + "' is not an LFM2 linear layer (q_proj, k_proj, v_proj, "
-                                    "out_proj, in_proj, w1, w2, w3)");
-    auto wanted = [&](const char* module) {
-      return std::find(lc.targets.begin(), lc.targets.end(), module) != lc.targets.end();
-    };
-    std::unordered_map<std::string, bool> matched;
-    int64_t total = 0;
-    vector<std::pair<int64_t, std::string>> chosen;  // (base offset, base name without ".weight")
-    for (int64_t l = 0; l < cfg_.numLayers; l++) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      vector<std::pair<const char*, std::string>> modules = {
-          {"w1", "feed_forward.w1"}, {"w2", "feed_forward.w2"}, {"w3", "feed_forward.w3"}};
-      if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        modules.insert(modules.begin(), {{"in_proj", "conv.in_proj"}, {"out_proj", "conv.out_proj"}});
-      } else {
-        modules.insert(modules.begin(), {{"q_proj", "self_attn.q_proj"}, {"k_proj", "self_attn.k_proj"},
-                                         {"v_proj", "self_attn.v_proj"}, {"out_proj", "self_attn.out_proj"}});
-      }
-      for (auto& [module, path] : modules) {
-        if (!wanted(module)) continue;
-        matched[module] = true;
-        chosen.push_back({offsetOf(p + path + ".weight"), p + path});
-      }
-    }
-    for (const std::string& t : lc.targets)
-      if (!matched.count(t))
-        throw std::invalid_argument("enableLora: target '" + t + "' matches no layer of this model");
-    for (auto& [offset, base] : chosen) {
-      const vector<int64_t>& shape = table_[index_.at(base + ".weight")].shape;  // [out, in]
-      LoraSlot slot;
-      slot.index = loraOf_.size();
-      for (const char* which : {"lora_A", "lora_B"}) {
-        ParameterInfo info{base + "." + which + ".weight",
-                           which[5] == 'A' ? vector<int64_t>{lc.rank, shape[1]} : vector<int64_t>{shape[0], lc.rank}};
-        loraIndex_[info.name] = loraTable_.size();
-        loraOffsets_.push_back(total);
-        loraNumels_.push_back(shapeNumel(info.shape));
-        (which[5] == 'A' ? slot.a : slot.b) = total;
-        total += loraNumels_.back();
-        loraTable_.push_back(std::move(info));
-      }
-      loraOf_[offset] = slot;
-    }
-    lora_.assign(total, 0.0f);
-    // PEFT's init: A ~ Kaiming-uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the model is unchanged.
-    for (size_t i = 0; i < loraTable_.size(); i += 2) {
-      const int64_t in = loraTable_[i].shape[1];
-      const double bound = 1.0 / std::sqrt(double(in));
-      uint64_t rng = cpu::rng_seed_for(lc.seed, i / 2);
-      float* a = lora_.data() + loraOffsets_[i];
-      for (int64_t j = 0; j < loraNumels_[i]; j++) a[j] = float((2 * cpu::rng_uniform(rng) - 1) * bound);
-    }
+    const LoraPlan plan = planLora(cfg_, lc, table_, [this](const std::string& name) { return offsetOf(name); });
+    loraTable_ = plan.table;
+    loraOffsets_ = plan.offsets;
+    loraNumels_ = plan.numels;
+    for (size_t i = 0; i < loraTable_.size(); i++) loraIndex_[loraTable_[i].name] = i;
+    for (const LoraAdapter& ad : plan.adapters) loraOf_[ad.baseOffset] = LoraSlot{ad.a, ad.b, ad.index};
+    lora_ = plan.initial(lc.seed);
     loraRank_ = lc.rank;
     loraDropout_ = lc.dropout;
-    loraScale_ = lc.rslora ? float(lc.alpha / std::sqrt(double(lc.rank))) : float(lc.alpha / double(lc.rank));
+    loraScale_ = plan.scale;
     loraEnabled_ = true;
     // The base is frozen: its gradients and moments are no longer needed.
     vector<float>().swap(grads_);

@@ -64,6 +64,12 @@ __global__ void convertF32ToBf16Kernel(const float* src, bf16* dst, int64_t n) {
     dst[i] = toBf16(src[i]);
 }
 
+__global__ void bf16ToF32Kernel(const bf16* src, float* dst, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = toFloat(src[i]);
+}
+
 unsigned elementwiseGrid(int64_t n) {
   const int64_t blocks = (n + 255) / 256;
   return static_cast<unsigned>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
@@ -110,6 +116,12 @@ void convertF32ToBf16(const float* src, bf16* dst, int64_t n, cudaStream_t strea
   if (n == 0) return;
   convertF32ToBf16Kernel<<<elementwiseGrid(n), 256, 0, stream>>>(src, dst, n);
   WG_LAUNCH_CHECK(convertF32ToBf16Kernel);
+}
+
+void bf16ToF32(const bf16* src, float* dst, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  bf16ToF32Kernel<<<elementwiseGrid(n), 256, 0, stream>>>(src, dst, n);
+  WG_LAUNCH_CHECK(bf16ToF32Kernel);
 }
 
 }  // namespace webgrpo::cuda

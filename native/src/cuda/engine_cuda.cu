@@ -44,6 +44,13 @@ __global__ void scatterRowsKernel(const bf16* __restrict__ src, const int32_t* _
   for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[int64_t(rows[r]) * dim + i] = src[r * dim + i];
 }
 
+// How a forward pass applies LoRA adapters: on or off, and with dropout (a training pass) or without.
+struct AdapterPass {
+  bool on = true;
+  bool dropout = false;
+  uint64_t dropoutSeed = 0;  // with the adapter's index, seeds its mask, so backward regenerates the same one
+};
+
 // ---- device memory ------------------------------------------------------------------------------------------
 class DeviceBuffer {
  public:
@@ -117,6 +124,9 @@ struct Acts {
   bf16 *dProj = nullptr, *dY = nullptr;
   bf16 *dAttn = nullptr, *dQk = nullptr, *dQkv = nullptr;
   float* rowDot = nullptr;
+  // LoRA: each adapter's A·x [N, rank] (kept for backward), its gradient, and dropout scratch [N, widest input].
+  vector<bf16*> loraU;
+  bf16 *loraDu = nullptr, *loraXd = nullptr, *loraT = nullptr;
 };
 
 // WEBGRPO_CUDA_DECODE_PROFILE=1: generate() runs its decode steps without graphs, each behind a GPU sleep (so
@@ -247,31 +257,73 @@ class CudaEngine final : public Engine {
   const ModelConfig& config() const override { return cfg_; }
   std::vector<ParameterInfo> parameterInfo() const override { return table_; }
 
+  std::vector<ParameterInfo> trainableInfo() const override { return lora_ ? loraPlan_.table : table_; }
+
   void setParameter(const std::string& name, const Tensor& value) override {
-    const size_t i = lookup("setParameter", name);
-    checkParameterShape("setParameter", name, table_[i].shape, value.shape());
-    uploadSlice(masterPtr() + offsets_[i], value.toFloat32());
-    cuda::convertF32ToBf16(masterPtr() + offsets_[i], computePtr() + offsets_[i], numels_[i], stream_);
+    const Slice t = locate("setParameter", name);
+    checkParameterShape("setParameter", name, t.shape, value.shape());
+    const vector<float> host = value.toFloat32();
+    if (t.adapter) {
+      uploadSlice(loraPtr(loraMaster_) + t.offset, host);
+      cuda::convertF32ToBf16(loraPtr(loraMaster_) + t.offset, loraComputePtr() + t.offset, t.numel, stream_);
+      mergedStale_ = true;
+    } else {
+      writeBase(t.offset, host);
+    }
     sync();
   }
 
   Tensor getParameter(const std::string& name) const override {
-    const size_t i = lookup("getParameter", name);
-    return downloadSlice(master_, i);
+    const Slice t = locate("getParameter", name);
+    if (t.adapter) return download(loraPtr(loraMaster_) + t.offset, t);
+    if (master_.data()) return download(masterPtr() + t.offset, t);
+    // LoRA froze the base in bf16 (no fp32 master): widen the compute copy.
+    DeviceBuffer wide;
+    wide.allocate(t.numel * sizeof(float));
+    cuda::bf16ToF32(computePtr() + t.offset, reinterpret_cast<float*>(wide.data()), t.numel, stream_);
+    return download(reinterpret_cast<float*>(wide.data()), t);
   }
   Tensor getGradient(const std::string& name) const override {
-    const size_t i = lookup("getGradient", name);
-    return downloadSlice(grads_, i);
+    const Slice t = locate("getGradient", name);
+    return download(trainableSlice("getGradient", name, t, 'g'), t);
   }
   Tensor getOptimizerState(const std::string& name, char which) const override {
-    const size_t i = lookup("getOptimizerState", name);
-    return downloadSlice(which == 'm' ? adamM_ : adamV_, i);
+    const Slice t = locate("getOptimizerState", name);
+    return download(trainableSlice("getOptimizerState", name, t, which), t);
   }
   void setOptimizerState(const std::string& name, char which, const Tensor& value) override {
-    const size_t i = lookup("setOptimizerState", name);
-    checkParameterShape("setOptimizerState", name, table_[i].shape, value.shape());
-    uploadSlice(momentPtr(which) + offsets_[i], value.toFloat32());
+    const Slice t = locate("setOptimizerState", name);
+    checkParameterShape("setOptimizerState", name, t.shape, value.shape());
+    uploadSlice(trainableSlice("setOptimizerState", name, t, which), value.toFloat32());
     sync();
+  }
+
+  // Adapters as the CPU engine makes them (planLora: same names, layout and initial values); the base is then
+  // frozen in bf16: its fp32 master, gradients and AdamW moments are freed.
+  void enableLora(const LoraConfig& lc) override {
+    if (lora_) throw std::runtime_error("enableLora: this model already has LoRA adapters");
+    loraPlan_ = planLora(cfg_, lc, table_, [this](const std::string& name) { return offsetOf(name); });
+    for (size_t i = 0; i < loraPlan_.table.size(); i++) loraIndex_[loraPlan_.table[i].name] = i;
+    for (size_t i = 0; i < loraPlan_.adapters.size(); i++) adapterOf_[loraPlan_.adapters[i].baseOffset] = i;
+    loraRank_ = lc.rank;
+    loraDropout_ = lc.dropout;
+    const int64_t n = loraPlan_.total;
+    for (DeviceBuffer* b : {&loraMaster_, &loraGrads_, &loraM_, &loraV_}) {
+      b->allocate(n * sizeof(float));
+      cuda::fillF32(reinterpret_cast<float*>(b->data()), n, 0.f, stream_);
+    }
+    loraCompute_.allocate(n * sizeof(bf16));
+    uploadSlice(loraPtr(loraMaster_), loraPlan_.initial(lc.seed));
+    cuda::convertF32ToBf16(loraPtr(loraMaster_), loraComputePtr(), n, stream_);
+    // Scratch for the gradients of frozen norm and conv weights that the fused backward kernels still produce.
+    frozenScratch_.allocate(std::max<int64_t>(3 * cfg_.hiddenSize, cfg_.headDim) * sizeof(float));
+    sync();
+    master_.release();
+    grads_.release();
+    adamM_.release();
+    adamV_.release();
+    lora_ = true;
+    mergedStale_ = true;
   }
 
   // The CPU engine's exact procedure (same RNG streams), so both backends start from identical weights.
@@ -291,15 +343,15 @@ class CudaEngine final : public Engine {
       }
       if (offsets_[i] == embedding_ && cfg_.padTokenId >= 0 && cfg_.padTokenId < cfg_.vocabSize)
         std::fill_n(host.begin() + cfg_.padTokenId * cfg_.hiddenSize, cfg_.hiddenSize, 0.0f);
-      uploadSlice(masterPtr() + offsets_[i], host);
+      writeBase(offsets_[i], host);
     }
-    refreshComputeCopy();
     sync();
   }
 
   std::vector<float> forwardLogits(const TokenBatchView& batch) override {
     validateBatch("forwardLogits", batch);
     prepareBatch(batch, /*withBackward=*/false);
+    pass_ = AdapterPass{};
     forward();
     const int64_t N = batch.batch * batch.seqLen, H = cfg_.hiddenSize, V = cfg_.vocabSize;
     DeviceBuffer logits;
@@ -354,6 +406,7 @@ class CudaEngine final : public Engine {
       }
     }
     prepareBatch(batch, args.keepActivations);
+    pass_ = AdapterPass{args.adapters, args.keepActivations && loraDropout_ > 0, args.dropoutSeed};
     forward();
     prepareScoring(scoredRows, targets, allowedOffsets, allowedTokens);
     temperature_ = args.temperature;
@@ -378,6 +431,8 @@ class CudaEngine final : public Engine {
   void backward(const float* dLogprobs, int64_t count) override {
     if (!haveActivations_)
       throw std::runtime_error("backward: no activations kept; call score() with keepActivations: true first");
+    if (lora_ && !pass_.on)
+      throw std::runtime_error("backward: the last score() ran with adapters: false; the adapters get no gradient from it");
     if (count != scoredCount_)
       throw std::invalid_argument("backward: dLogprobs has " + std::to_string(count) +
                                   " values, the last score() scored " + std::to_string(scoredCount_) + " positions");
@@ -394,12 +449,12 @@ class CudaEngine final : public Engine {
       WG_CUDA_CHECK(cudaMemcpyAsync(score_.dlogprob, dLogprobs, S * sizeof(float), cudaMemcpyHostToDevice, stream_));
       cuda::lmHeadLogprobBackward(*gemm_, score_.hidden, computePtr() + lmHead_, score_.targets, 1.f / temperature_,
                                   score_.allowed, score_.lse, score_.dlogprob, score_.logits, score_.dlogits,
-                                  score_.chunkRows, score_.dhidden, gradPtr() + lmHead_, int(S), int(H), int(V), stream_);
+                                  score_.chunkRows, score_.dhidden, baseGrad(lmHead_), int(S), int(H), int(V), stream_);
       scatterRowsKernel<<<unsigned(S), 256, 0, stream_>>>(score_.dhidden, score_.rows, a.dNormed, int(H));
       WG_LAUNCH_CHECK(scatterRowsKernel);
     }
     cuda::fillF32(a.dx, N * H, 0.f, stream_);
-    cuda::rmsNormBackward(a.dNormed, a.xLast, computePtr() + finalNorm_, a.rstdFinal, a.dx, gradPtr() + finalNorm_, N,
+    cuda::rmsNormBackward(a.dNormed, a.xLast, computePtr() + finalNorm_, a.rstdFinal, a.dx, smallGrad(finalNorm_), N,
                           int(H), stream_);
 
     for (int64_t l = cfg_.numLayers - 1; l >= 0; l--) {
@@ -409,67 +464,82 @@ class CudaEngine final : public Engine {
       // Feed forward: x_out = x_mid + w2(silu(w1 f) * w3 f), f = ffn_norm(x_mid).
       cuda::convertF32ToBf16(a.dx, a.dxBf16, N * H, stream_);
       cuda::swigluForward(la.gateUp, a.actScratch, N, int(I), stream_);  // recomputed instead of kept
-      gemm_->run(true, false, int(H), int(I), int(N), 1.f, a.dxBf16, H, a.actScratch, I, 1.f, gradPtr() + lo.w2,
-                 OutType::F32, I, stream_);
+      if (!lora_)
+        gemm_->run(true, false, int(H), int(I), int(N), 1.f, a.dxBf16, H, a.actScratch, I, 1.f, gradPtr() + lo.w2,
+                   OutType::F32, I, stream_);
       gemm_->run(false, false, int(N), int(I), int(H), 1.f, a.dxBf16, H, computePtr() + lo.w2, I, 0.f, a.dAct,
                  OutType::BF16, I, stream_);
+      adapterBackward(lo.w2, a.dxBf16, H, a.actScratch, I, a.dAct, I, N);
       cuda::swigluBackward(a.dAct, la.gateUp, a.dGateUp, N, int(I), stream_);
-      gemm_->run(true, false, int(2 * I), int(H), int(N), 1.f, a.dGateUp, 2 * I, la.ffnIn, H, 1.f, gradPtr() + lo.w1,
-                 OutType::F32, H, stream_);
+      if (!lora_)
+        gemm_->run(true, false, int(2 * I), int(H), int(N), 1.f, a.dGateUp, 2 * I, la.ffnIn, H, 1.f,
+                   gradPtr() + lo.w1, OutType::F32, H, stream_);
       gemm_->run(false, false, int(N), int(H), int(2 * I), 1.f, a.dGateUp, 2 * I, computePtr() + lo.w1, H, 0.f,
                  a.dNormed, OutType::BF16, H, stream_);
-      cuda::rmsNormBackward(a.dNormed, la.xMid, computePtr() + lo.ffnNorm, la.rstdFfn, a.dx, gradPtr() + lo.ffnNorm, N,
+      adapterBackward(lo.w1, a.dGateUp, 2 * I, la.ffnIn, H, a.dNormed, H, N);
+      adapterBackward(lo.w3, a.dGateUp + I, 2 * I, la.ffnIn, H, a.dNormed, H, N);
+      cuda::rmsNormBackward(a.dNormed, la.xMid, computePtr() + lo.ffnNorm, la.rstdFfn, a.dx, smallGrad(lo.ffnNorm), N,
                             int(H), stream_);
       // Operator: x_mid = x_in + op(operator_norm(x_in)).
       cuda::convertF32ToBf16(a.dx, a.dxBf16, N * H, stream_);
       if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        gemm_->run(true, false, int(H), int(H), int(N), 1.f, a.dxBf16, H, la.y, H, 1.f, gradPtr() + lo.outProj,
-                   OutType::F32, H, stream_);
+        if (!lora_)
+          gemm_->run(true, false, int(H), int(H), int(N), 1.f, a.dxBf16, H, la.y, H, 1.f, gradPtr() + lo.outProj,
+                     OutType::F32, H, stream_);
         gemm_->run(false, false, int(N), int(H), int(H), 1.f, a.dxBf16, H, computePtr() + lo.outProj, H, 0.f, a.dY,
                    OutType::BF16, H, stream_);
+        adapterBackward(lo.outProj, a.dxBf16, H, la.y, H, a.dY, H, N);
         // dProj is 0 at padded rows, so in_proj's gradients see only real tokens (the CPU masks normed instead).
         cuda::shortConvBackward(a.dY, la.proj, computePtr() + lo.convWeight, a.mask, a.dProj,
-                                gradPtr() + lo.convWeight, int(B), int(T), int(H), stream_);
-        gemm_->run(true, false, int(3 * H), int(H), int(N), 1.f, a.dProj, 3 * H, la.normed, H, 1.f,
-                   gradPtr() + lo.inProj, OutType::F32, H, stream_);
+                                smallGrad(lo.convWeight), int(B), int(T), int(H), stream_);
+        if (!lora_)
+          gemm_->run(true, false, int(3 * H), int(H), int(N), 1.f, a.dProj, 3 * H, la.normed, H, 1.f,
+                     gradPtr() + lo.inProj, OutType::F32, H, stream_);
         gemm_->run(false, false, int(N), int(H), int(3 * H), 1.f, a.dProj, 3 * H, computePtr() + lo.inProj, H, 0.f,
                    a.dNormed, OutType::BF16, H, stream_);
+        adapterBackward(lo.inProj, a.dProj, 3 * H, la.normed, H, a.dNormed, H, N);
       } else {
-        gemm_->run(true, false, int(H), int(qDim), int(N), 1.f, a.dxBf16, H, la.attn, qDim, 1.f, gradPtr() + lo.o,
-                   OutType::F32, qDim, stream_);
+        if (!lora_)
+          gemm_->run(true, false, int(H), int(qDim), int(N), 1.f, a.dxBf16, H, la.attn, qDim, 1.f, gradPtr() + lo.o,
+                     OutType::F32, qDim, stream_);
         gemm_->run(false, false, int(N), int(qDim), int(H), 1.f, a.dxBf16, H, computePtr() + lo.o, qDim, 0.f, a.dAttn,
                    OutType::BF16, qDim, stream_);
+        adapterBackward(lo.o, a.dxBf16, H, la.attn, qDim, a.dAttn, qDim, N);
         const cuda::AttentionShape shape{int(B), int(T), int(nh), int(nkv), int(hd)};
         // dq, dk (after norm + RoPE) into dQk; dv straight into the raw-projection gradient.
         (simtAttention_ ? cuda::attentionBackwardSimt : cuda::attentionBackward)(
             la.qk, qkDim, la.qk + qDim, qkDim, la.qkv + qkDim, qkvDim, a.mask, la.attn, a.dAttn, la.lse, a.dQk, qkDim,
             a.dQk + qDim, qkDim, a.dQkv + qkDim, qkvDim, a.rowDot, shape, stream_);
         cuda::headNormRopeBackward(a.dQk, qkDim, la.qkv, qkvDim, computePtr() + lo.qNorm, a.positions, la.rstdQ, a.dQkv,
-                                   qkvDim, gradPtr() + lo.qNorm, N, int(nh), int(hd), cfg_.ropeTheta, stream_);
+                                   qkvDim, smallGrad(lo.qNorm), N, int(nh), int(hd), cfg_.ropeTheta, stream_);
         cuda::headNormRopeBackward(a.dQk + qDim, qkDim, la.qkv + qDim, qkvDim, computePtr() + lo.kNorm, a.positions,
-                                   la.rstdK, a.dQkv + qDim, qkvDim, gradPtr() + lo.kNorm, N, int(nkv), int(hd),
+                                   la.rstdK, a.dQkv + qDim, qkvDim, smallGrad(lo.kNorm), N, int(nkv), int(hd),
                                    cfg_.ropeTheta, stream_);
-        gemm_->run(true, false, int(qkvDim), int(H), int(N), 1.f, a.dQkv, qkvDim, la.normed, H, 1.f,
-                   gradPtr() + lo.q, OutType::F32, H, stream_);
+        if (!lora_)
+          gemm_->run(true, false, int(qkvDim), int(H), int(N), 1.f, a.dQkv, qkvDim, la.normed, H, 1.f,
+                     gradPtr() + lo.q, OutType::F32, H, stream_);
         gemm_->run(false, false, int(N), int(H), int(qkvDim), 1.f, a.dQkv, qkvDim, computePtr() + lo.q, H, 0.f,
                    a.dNormed, OutType::BF16, H, stream_);
+        adapterBackward(lo.q, a.dQkv, qkvDim, la.normed, H, a.dNormed, H, N);
+        adapterBackward(lo.k, a.dQkv + qDim, qkvDim, la.normed, H, a.dNormed, H, N);
+        adapterBackward(lo.v, a.dQkv + qkDim, qkvDim, la.normed, H, a.dNormed, H, N);
       }
       cuda::rmsNormBackward(a.dNormed, la.xIn, computePtr() + lo.operatorNorm, la.rstdOp, a.dx,
-                            gradPtr() + lo.operatorNorm, N, int(H), stream_);
+                            smallGrad(lo.operatorNorm), N, int(H), stream_);
     }
-    cuda::embeddingBackward(a.tokens, a.dx, nullptr, gradPtr() + embedding_, N, int(H), int(V), stream_);
+    if (!lora_) cuda::embeddingBackward(a.tokens, a.dx, nullptr, gradPtr() + embedding_, N, int(H), int(V), stream_);
     sync();
   }
 
   void zeroGrad() override {
-    cuda::fillF32(gradPtr(), total_, 0.f, stream_);
+    cuda::fillF32(trainGradPtr(), trainableTotal(), 0.f, stream_);
     sync();
   }
 
   double gradNorm() override {
     float* partials = reinterpret_cast<float*>(partials_.data());
     float* result = partials + cuda::sumSquaresPartialCount();
-    cuda::sumSquares(gradPtr(), total_, partials, result, stream_);
+    cuda::sumSquares(trainGradPtr(), trainableTotal(), partials, result, stream_);
     float sumSq = 0;
     WG_CUDA_CHECK(cudaMemcpyAsync(&sumSq, result, sizeof(float), cudaMemcpyDeviceToHost, stream_));
     sync();
@@ -486,7 +556,13 @@ class CudaEngine final : public Engine {
     const cuda::AdamWHyper hyper{args.lr, args.beta1, args.beta2, args.eps, args.weightDecay, int(args.step),
                                  args.gradScale};
     // The padding between tensors (alignment) is zero in every arena, so it stays zero.
-    cuda::adamwStep(masterPtr(), computePtr(), gradPtr(), momentPtr('m'), momentPtr('v'), total_, hyper, stream_);
+    if (lora_) {
+      cuda::adamwStep(loraPtr(loraMaster_), loraComputePtr(), loraPtr(loraGrads_), loraPtr(loraM_), loraPtr(loraV_),
+                      loraPlan_.total, hyper, stream_);
+      mergedStale_ = true;
+    } else {
+      cuda::adamwStep(masterPtr(), computePtr(), gradPtr(), momentPtr('m'), momentPtr('v'), total_, hyper, stream_);
+    }
     sync();
   }
 
@@ -525,6 +601,8 @@ class CudaEngine final : public Engine {
     WG_CUDA_CHECK(cudaMemcpyAsync(d.rng, seeds.data(), S * sizeof(uint64_t), cudaMemcpyHostToDevice, stream_));
     WG_CUDA_CHECK(cudaMemsetAsync(d.tokens, 0, S * sizeof(int32_t), stream_));
     if (penalty) WG_CUDA_CHECK(cudaMemsetAsync(d.seen, 0, size_t(S) * V, stream_));
+    pass_ = AdapterPass{};
+    decodeWeights_ = samplingWeights();
     prefill(args);
 
     // Host view of each slot.
@@ -861,33 +939,34 @@ class CudaEngine final : public Engine {
     const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim, qkDim = qDim + kvDim;
     const float eps = cfg_.normEps;
     using cuda::OutType;
+    const bf16* W = decodeWeights_;  // the compute copy, or with LoRA the merged copy
     auto mark = [this](const char* label) {
       if (profiler_) profiler_->mark(label, stream_);
     };
-    cuda::embeddingForward(d.tokens, computePtr() + embedding_, d.x, S, int(H), int(V), stream_);
+    cuda::embeddingForward(d.tokens, W + embedding_, d.x, S, int(H), int(V), stream_);
     mark("embedding");
     for (int64_t l = 0; l < cfg_.numLayers; l++) {
       const LayerOffsets& lo = layers_[l];
-      cuda::residualRmsNormForward(d.x, l == 0 ? nullptr : d.delta, d.x, computePtr() + lo.operatorNorm, d.normed,
+      cuda::residualRmsNormForward(d.x, l == 0 ? nullptr : d.delta, d.x, W + lo.operatorNorm, d.normed,
                                    d.rstd, S, int(H), eps, stream_);
       mark("rmsnorm");
       if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        gemm_->run(false, true, int(S), int(3 * H), int(H), 1.f, d.normed, H, computePtr() + lo.inProj, H, 0.f, d.proj,
+        gemm_->run(false, true, int(S), int(3 * H), int(H), 1.f, d.normed, H, W + lo.inProj, H, 0.f, d.proj,
                    OutType::BF16, 3 * H, stream_);
         mark("gemm in_proj");
-        cuda::shortConvDecode(d.proj, computePtr() + lo.convWeight, d.convState[l], d.lengths(), d.y, int(S), int(H),
+        cuda::shortConvDecode(d.proj, W + lo.convWeight, d.convState[l], d.lengths(), d.y, int(S), int(H),
                               stream_);
         mark("short conv");
-        gemm_->run(false, true, int(S), int(H), int(H), 1.f, d.y, H, computePtr() + lo.outProj, H, 0.f, d.delta,
+        gemm_->run(false, true, int(S), int(H), int(H), 1.f, d.y, H, W + lo.outProj, H, 0.f, d.delta,
                    OutType::BF16, H, stream_);
         mark("gemm conv out_proj");
       } else {
-        gemm_->run(false, true, int(S), int(qkvDim), int(H), 1.f, d.normed, H, computePtr() + lo.q, H, 0.f, d.qkv,
+        gemm_->run(false, true, int(S), int(qkvDim), int(H), 1.f, d.normed, H, W + lo.q, H, 0.f, d.qkv,
                    OutType::BF16, qkvDim, stream_);
         mark("gemm qkv");
-        cuda::headNormRopeForward(d.qkv, qkvDim, d.qk, qkDim, computePtr() + lo.qNorm, d.positions(), d.rstdQ, S,
+        cuda::headNormRopeForward(d.qkv, qkvDim, d.qk, qkDim, W + lo.qNorm, d.positions(), d.rstdQ, S,
                                   int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
-        cuda::headNormRopeForward(d.qkv + qDim, qkvDim, d.qk + qDim, qkDim, computePtr() + lo.kNorm, d.positions(),
+        cuda::headNormRopeForward(d.qkv + qDim, qkvDim, d.qk + qDim, qkDim, W + lo.kNorm, d.positions(),
                                   d.rstdK, S, int(nkv), int(hd), eps, cfg_.ropeTheta, stream_);
         mark("q/k norm + rope");
         cuda::kvCacheAppend(d.qk + qDim, qkDim, d.qkv + qkDim, qkvDim, d.lengths(), d.kCache[l], d.vCache[l], int(S),
@@ -896,30 +975,169 @@ class CudaEngine final : public Engine {
         cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, d.attnWorkspace, int(S),
                               int(d.maxLen), int(nh), int(nkv), int(hd), stream_);
         mark("attention");
-        gemm_->run(false, true, int(S), int(H), int(qDim), 1.f, d.attn, qDim, computePtr() + lo.o, qDim, 0.f, d.delta,
+        gemm_->run(false, true, int(S), int(H), int(qDim), 1.f, d.attn, qDim, W + lo.o, qDim, 0.f, d.delta,
                    OutType::BF16, H, stream_);
         mark("gemm o_proj");
       }
-      cuda::residualRmsNormForward(d.x, d.delta, d.x, computePtr() + lo.ffnNorm, d.normed, d.rstd, S, int(H), eps,
+      cuda::residualRmsNormForward(d.x, d.delta, d.x, W + lo.ffnNorm, d.normed, d.rstd, S, int(H), eps,
                                    stream_);
       mark("rmsnorm");
-      gemm_->run(false, true, int(S), int(2 * I), int(H), 1.f, d.normed, H, computePtr() + lo.w1, H, 0.f, d.gateUp,
+      gemm_->run(false, true, int(S), int(2 * I), int(H), 1.f, d.normed, H, W + lo.w1, H, 0.f, d.gateUp,
                  OutType::BF16, 2 * I, stream_);
       mark("gemm w1|w3");
       cuda::swigluForward(d.gateUp, d.act, S, int(I), stream_);
       mark("swiglu");
-      gemm_->run(false, true, int(S), int(H), int(I), 1.f, d.act, I, computePtr() + lo.w2, I, 0.f, d.delta,
+      gemm_->run(false, true, int(S), int(H), int(I), 1.f, d.act, I, W + lo.w2, I, 0.f, d.delta,
                  OutType::BF16, H, stream_);
       mark("gemm w2");
     }
-    cuda::residualRmsNormForward(d.x, d.delta, d.x, computePtr() + finalNorm_, d.xFinal, d.rstd, S, int(H), eps,
+    cuda::residualRmsNormForward(d.x, d.delta, d.x, W + finalNorm_, d.xFinal, d.rstd, S, int(H), eps,
                                  stream_);
     mark("rmsnorm");
-    gemm_->run(false, true, int(S), int(V), int(H), 1.f, d.xFinal, H, computePtr() + lmHead_, H, 0.f, d.logits,
+    gemm_->run(false, true, int(S), int(V), int(H), 1.f, d.xFinal, H, W + lmHead_, H, 0.f, d.logits,
                OutType::F32, V, stream_);
     mark("gemm lm_head");
     sampleStep(params);
     mark("sample");
+  }
+
+  // A named tensor: a base parameter or (with LoRA) an adapter.
+  struct Slice {
+    bool adapter = false;
+    int64_t offset = 0, numel = 0;
+    vector<int64_t> shape;
+  };
+  Slice locate(const char* method, const std::string& name) const {
+    if (lora_) {
+      auto it = loraIndex_.find(name);
+      if (it != loraIndex_.end())
+        return {true, loraPlan_.offsets[it->second], loraPlan_.numels[it->second], loraPlan_.table[it->second].shape};
+    }
+    const size_t i = lookup(method, name);
+    return {false, offsets_[i], numels_[i], table_[i].shape};
+  }
+  // The gradient ('g') or AdamW moment ('m', 'v') of a trainable tensor.
+  float* trainableSlice(const char* method, const std::string& name, const Slice& t, char which) const {
+    if (which != 'g' && which != 'm' && which != 'v') throw std::invalid_argument("optimizer state must be 'm' or 'v'");
+    if (t.adapter)
+      return loraPtr(which == 'g' ? loraGrads_ : which == 'm' ? loraM_ : loraV_) + t.offset;
+    if (lora_)
+      throw std::invalid_argument(std::string(method) + ": " + name +
+                                  " is a frozen base weight (LoRA is on): it has no gradient or optimizer state");
+    return (which == 'g' ? gradPtr() : momentPtr(which)) + t.offset;
+  }
+  Tensor download(const float* src, const Slice& t) const {
+    vector<float> host(t.numel);
+    WG_CUDA_CHECK(cudaMemcpyAsync(host.data(), src, host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    WG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return Tensor::fromFloat32(host.data(), host.size(), t.shape, DType::F32, Device::CPU);
+  }
+  // Writes a base tensor: through the fp32 master, or straight into the bf16 copy once LoRA froze the base.
+  void writeBase(int64_t offset, const vector<float>& host) {
+    const int64_t n = int64_t(host.size());
+    if (master_.data()) {
+      uploadSlice(masterPtr() + offset, host);
+      cuda::convertF32ToBf16(masterPtr() + offset, computePtr() + offset, n, stream_);
+    } else {
+      DeviceBuffer staging;
+      staging.allocate(n * sizeof(float));
+      uploadSlice(reinterpret_cast<float*>(staging.data()), host);
+      cuda::convertF32ToBf16(reinterpret_cast<float*>(staging.data()), computePtr() + offset, n, stream_);
+      sync();
+    }
+    mergedStale_ = true;
+  }
+
+  static float* loraPtr(const DeviceBuffer& b) { return reinterpret_cast<float*>(b.data()); }
+  bf16* loraComputePtr() const { return reinterpret_cast<bf16*>(loraCompute_.data()); }
+  float* trainGradPtr() const { return lora_ ? loraPtr(loraGrads_) : gradPtr(); }
+  int64_t trainableTotal() const { return lora_ ? loraPlan_.total : total_; }
+  // Where a base weight's gradient goes: nowhere (null) when LoRA froze it...
+  float* baseGrad(int64_t offset) const { return lora_ ? nullptr : gradPtr() + offset; }
+  // ...or, for the small norm and conv weights whose fused backward kernels always accumulate one, a scratch.
+  float* smallGrad(int64_t offset) const { return lora_ ? loraPtr(frozenScratch_) : gradPtr() + offset; }
+
+  const LoraAdapter* adapterAt(int64_t baseOffset, size_t* index) const {
+    if (!lora_) return nullptr;
+    auto it = adapterOf_.find(baseOffset);
+    if (it == adapterOf_.end()) return nullptr;
+    *index = it->second;
+    return &loraPlan_.adapters[it->second];
+  }
+  uint64_t dropoutSeed(const LoraAdapter& ad) const { return cpu::rng_seed_for(pass_.dropoutSeed, ad.index); }
+
+  // y (+)= s·B(A x) for the adapter of the base weight at baseOffset, if any and if adapters are on. x [N, in]
+  // (row stride ldx) is the base layer's input, y [N, out] (row stride ldy) its output, already holding W x.
+  void adapterForward(int64_t baseOffset, const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t N) {
+    size_t i = 0;
+    const LoraAdapter* ad = pass_.on ? adapterAt(baseOffset, &i) : nullptr;
+    if (!ad) return;
+    const int64_t r = loraRank_;
+    const bf16* input = x;
+    int64_t ldInput = ldx;
+    if (pass_.dropout) {
+      cuda::loraDropout(x, ldx, acts_.loraXd, N, int(ad->in), loraDropout_, dropoutSeed(*ad), stream_);
+      input = acts_.loraXd;
+      ldInput = ad->in;
+    }
+    using cuda::OutType;
+    gemm_->run(false, true, int(N), int(r), int(ad->in), 1.f, input, ldInput, loraComputePtr() + ad->a, ad->in, 0.f,
+               acts_.loraU[i], OutType::BF16, r, stream_);
+    gemm_->run(false, true, int(N), int(ad->out), int(r), loraPlan_.scale, acts_.loraU[i], r, loraComputePtr() + ad->b,
+               r, 1.f, y, OutType::BF16, ldy, stream_);
+  }
+
+  // Backward of adapterForward: dB += s·dyᵀ(A x), dA += (s·dy B)ᵀ x, dx += (s·dy B) A (through the dropout mask).
+  // dy [N, out] (stride ldy), x the forward input, dx [N, in] (stride lddx) already holding the base's W^T dy.
+  void adapterBackward(int64_t baseOffset, const bf16* dy, int64_t ldy, const bf16* x, int64_t ldx, bf16* dx,
+                       int64_t lddx, int64_t N) {
+    size_t i = 0;
+    const LoraAdapter* ad = adapterAt(baseOffset, &i);
+    if (!ad) return;
+    const int64_t r = loraRank_, in = ad->in, out = ad->out;
+    const float s = loraPlan_.scale;
+    Acts& a = acts_;
+    const bf16* input = x;
+    int64_t ldInput = ldx;
+    if (pass_.dropout) {
+      cuda::loraDropout(x, ldx, a.loraXd, N, int(in), loraDropout_, dropoutSeed(*ad), stream_);
+      input = a.loraXd;
+      ldInput = in;
+    }
+    using cuda::OutType;
+    float* grads = loraPtr(loraGrads_);
+    gemm_->run(true, false, int(out), int(r), int(N), s, dy, ldy, a.loraU[i], r, 1.f, grads + ad->b, OutType::F32, r,
+               stream_);
+    gemm_->run(false, false, int(N), int(r), int(out), s, dy, ldy, loraComputePtr() + ad->b, r, 0.f, a.loraDu,
+               OutType::BF16, r, stream_);
+    gemm_->run(true, false, int(r), int(in), int(N), 1.f, a.loraDu, r, input, ldInput, 1.f, grads + ad->a, OutType::F32,
+               in, stream_);
+    if (!pass_.dropout) {
+      gemm_->run(false, false, int(N), int(in), int(r), 1.f, a.loraDu, r, loraComputePtr() + ad->a, in, 1.f, dx,
+                 OutType::BF16, lddx, stream_);
+    } else {
+      gemm_->run(false, false, int(N), int(in), int(r), 1.f, a.loraDu, r, loraComputePtr() + ad->a, in, 0.f, a.loraT,
+                 OutType::BF16, in, stream_);
+      cuda::loraDropoutAddBackward(a.loraT, dx, lddx, N, int(in), loraDropout_, dropoutSeed(*ad), stream_);
+    }
+  }
+
+  // The weights generate() decodes with: the compute copy, or with LoRA a copy with the adapters merged in
+  // (W + s·B A, refreshed after each optimizer step), so that decode steps cost no more than without adapters.
+  // The prefill runs the unmerged adapters; the frozen compute copy stays the reference policy.
+  const bf16* samplingWeights() {
+    if (!lora_) return computePtr();
+    if (mergedStale_) {
+      merged_.ensure(total_ * sizeof(bf16));
+      bf16* merged = reinterpret_cast<bf16*>(merged_.data());
+      WG_CUDA_CHECK(cudaMemcpyAsync(merged, computePtr(), total_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+      for (const LoraAdapter& ad : loraPlan_.adapters)
+        gemm_->run(false, false, int(ad.out), int(ad.in), int(loraRank_), loraPlan_.scale, loraComputePtr() + ad.b,
+                   loraRank_, loraComputePtr() + ad.a, ad.in, 1.f, merged + ad.baseOffset, cuda::OutType::BF16, ad.in,
+                   stream_);
+      mergedStale_ = false;
+    }
+    return reinterpret_cast<bf16*>(merged_.data());
   }
 
   float* masterPtr() const { return reinterpret_cast<float*>(master_.data()); }
@@ -939,13 +1157,7 @@ class CudaEngine final : public Engine {
     sync();  // `host` may go out of scope after we return
   }
 
-  Tensor downloadSlice(const DeviceBuffer& arena, size_t i) const {
-    vector<float> host(numels_[i]);
-    WG_CUDA_CHECK(cudaMemcpyAsync(host.data(), reinterpret_cast<const float*>(arena.data()) + offsets_[i],
-                                  host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-    WG_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return Tensor::fromFloat32(host.data(), host.size(), table_[i].shape, DType::F32, Device::CPU);
-  }
+
 
   int64_t offsetOf(const std::string& name) const { return offsets_[index_.at(name)]; }
 
@@ -1021,6 +1233,14 @@ class CudaEngine final : public Engine {
       a.rstdFinal = c.take<float>(N);
       a.xFinal = c.take<bf16>(N * H);
       a.actScratch = c.take<bf16>(N * I);  // SwiGLU output: used at once in forward, recomputed in backward
+      if (lora_) {
+        for (size_t i = 0; i < loraPlan_.adapters.size(); i++) a.loraU.push_back(c.take<bf16>(N * loraRank_));
+        a.loraDu = c.take<bf16>(N * loraRank_);
+        if (loraDropout_ > 0) {
+          a.loraXd = c.take<bf16>(N * I);  // I is the widest adapter input (w2's)
+          a.loraT = c.take<bf16>(N * I);
+        }
+      }
       if (withBackward) {
         a.dx = c.take<float>(N * H);
         a.dxBf16 = c.take<bf16>(N * H);
@@ -1116,12 +1336,17 @@ class CudaEngine final : public Engine {
     if (cfg_.layerTypes[l] == LayerKind::Conv) {
       gemm_->run(false, true, int(N), int(3 * H), int(H), 1.f, la.normed, H, computePtr() + lo.inProj, H, 0.f, la.proj,
                  OutType::BF16, 3 * H, stream_);
+      adapterForward(lo.inProj, la.normed, H, la.proj, 3 * H, N);
       cuda::shortConvForward(la.proj, computePtr() + lo.convWeight, a.mask, la.y, int(B), int(T), int(H), stream_);
       gemm_->run(false, true, int(N), int(H), int(H), 1.f, la.y, H, computePtr() + lo.outProj, H, 0.f, a.delta,
                  OutType::BF16, H, stream_);
+      adapterForward(lo.outProj, la.y, H, a.delta, H, N);
     } else {
       gemm_->run(false, true, int(N), int(qkvDim), int(H), 1.f, la.normed, H, computePtr() + lo.q, H, 0.f, la.qkv,
                  OutType::BF16, qkvDim, stream_);
+      adapterForward(lo.q, la.normed, H, la.qkv, qkvDim, N);
+      adapterForward(lo.k, la.normed, H, la.qkv + qDim, qkvDim, N);
+      adapterForward(lo.v, la.normed, H, la.qkv + qkDim, qkvDim, N);
       cuda::headNormRopeForward(la.qkv, qkvDim, la.qk, qkDim, computePtr() + lo.qNorm, a.positions, la.rstdQ, N,
                                 int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
       cuda::headNormRopeForward(la.qkv + qDim, qkvDim, la.qk + qDim, qkDim, computePtr() + lo.kNorm, a.positions,
@@ -1131,6 +1356,7 @@ class CudaEngine final : public Engine {
           la.qk, qkDim, la.qk + qDim, qkDim, la.qkv + qkDim, qkvDim, a.mask, la.attn, la.lse, shape, stream_);
       gemm_->run(false, true, int(N), int(H), int(qDim), 1.f, la.attn, qDim, computePtr() + lo.o, qDim, 0.f, a.delta,
                  OutType::BF16, H, stream_);
+      adapterForward(lo.o, la.attn, qDim, a.delta, H, N);
     }
     if (prefillTarget_.slots > 0) {  // generate()'s prefill: this layer's cache for every slot of the chunk
       const PrefillTarget& t = prefillTarget_;
@@ -1145,10 +1371,13 @@ class CudaEngine final : public Engine {
                                  eps, stream_);
     gemm_->run(false, true, int(N), int(2 * I), int(H), 1.f, la.ffnIn, H, computePtr() + lo.w1, H, 0.f, la.gateUp,
                OutType::BF16, 2 * I, stream_);
+    adapterForward(lo.w1, la.ffnIn, H, la.gateUp, 2 * I, N);
+    adapterForward(lo.w3, la.ffnIn, H, la.gateUp + I, 2 * I, N);
     if (!withFfnOutput) return;
     cuda::swigluForward(la.gateUp, a.actScratch, N, int(I), stream_);
     gemm_->run(false, true, int(N), int(H), int(I), 1.f, a.actScratch, I, computePtr() + lo.w2, I, 0.f, a.delta,
                OutType::BF16, H, stream_);
+    adapterForward(lo.w2, a.actScratch, I, a.delta, H, N);
   }
 
   static constexpr int64_t kLogitChunkRows = 2048;  // [2048 x 65536] fp32 logits = 512 MiB at a time
@@ -1179,6 +1408,18 @@ class CudaEngine final : public Engine {
   DecodeState dec_;
   PrefillTarget prefillTarget_;
   std::unique_ptr<DecodeProfiler> profiler_;
+  const bf16* decodeWeights_ = nullptr;
+  // LoRA (enableLora): the plan, adapter arenas (fp32 master + bf16 copy, gradients, moments), how the current
+  // pass applies them, and the merged weights for sampling.
+  bool lora_ = false;
+  LoraPlan loraPlan_;
+  std::unordered_map<std::string, size_t> loraIndex_;
+  std::unordered_map<int64_t, size_t> adapterOf_;  // base weight offset -> adapter
+  int64_t loraRank_ = 0;
+  float loraDropout_ = 0;
+  DeviceBuffer loraMaster_, loraCompute_, loraGrads_, loraM_, loraV_, frozenScratch_, merged_;
+  bool mergedStale_ = true;
+  AdapterPass pass_;
 };
 
 }  // namespace
@@ -1186,7 +1427,7 @@ class CudaEngine final : public Engine {
 // Registers the backend with the engine factory (engine.h) when the addon is loaded.
 const bool cudaEngineRegistered = [] {
   registerEngineFactory(Device::CUDA, [](const ModelConfig& config, int threads) { return createCudaEngine(config, threads); },
-                        BackendFeatures{/*generate=*/true, /*lora=*/false});
+                        BackendFeatures{/*generate=*/true, /*lora=*/true});
   return true;
 }();
 

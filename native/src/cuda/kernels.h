@@ -131,7 +131,8 @@ void lmHeadLogprobForward(Gemm& gemm, const bf16* hidden, const bf16* embed, con
                           float invTemperature, AllowedTokensDevice allowed, float* logitsWorkspace, int chunkRows,
                           float* logprob, float* entropy, float* lse, int n, int hiddenSize, int vocab,
                           cudaStream_t stream);
-// dlogprob [n]: gradient of the loss wrt each logprob. dhidden [n,H] overwritten; dembed [vocab,H] += .
+// dlogprob [n]: gradient of the loss wrt each logprob. dhidden [n,H] overwritten; dembed [vocab,H] += (skipped
+// when null: a frozen embedding).
 // dlogitsWorkspace [chunkRows, vocab] bf16 besides logitsWorkspace.
 void lmHeadLogprobBackward(Gemm& gemm, const bf16* hidden, const bf16* embed, const int32_t* targets,
                            float invTemperature, AllowedTokensDevice allowed, const float* lse, const float* dlogprob,
@@ -161,6 +162,7 @@ void sumSquares(const float* x, int64_t n, float* partials, float* result, cudaS
 void fillF32(float* x, int64_t n, float value, cudaStream_t stream);
 void fillBf16(bf16* x, int64_t n, float value, cudaStream_t stream);
 void convertF32ToBf16(const float* src, bf16* dst, int64_t n, cudaStream_t stream);
+void bf16ToF32(const bf16* src, float* dst, int64_t n, cudaStream_t stream);
 
 // ---- decode.cu ----------------------------------------------------------------------------------------------
 // Incremental decoding (generate): a fixed set of `slots` sequences, one row each. A slot is active in a step
@@ -218,5 +220,15 @@ void sampleTokens(const float* logits, int vocab, const int32_t* lengths, const 
                   const int32_t* allowedCount, const int32_t* allowedTokens, uint8_t* seen, uint64_t* rng,
                   const SamplerParams& params, int32_t* token, float* logprob, int32_t* status, int slots,
                   cudaStream_t stream);
+
+// ---- lora.cu ------------------------------------------------------------------------------------------------
+// LoRA dropout on the adapter's input: out[r, c] = x[r, c] * mask, mask = 0 with probability p else 1/(1-p),
+// drawn from a counter-based hash of (seed, r * cols + c) so that backward regenerates it. x rows strided (ldx);
+// out [rows, cols] dense.
+void loraDropout(const bf16* x, int64_t ldx, bf16* out, int64_t rows, int cols, float p, uint64_t seed,
+                 cudaStream_t stream);
+// dx[r, c] += t[r, c] * mask (the same mask): the input gradient through the dropped-out adapter path.
+void loraDropoutAddBackward(const bf16* t, bf16* dx, int64_t lddx, int64_t rows, int cols, float p, uint64_t seed,
+                            cudaStream_t stream);
 
 }  // namespace webgrpo::cuda

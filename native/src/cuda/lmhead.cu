@@ -168,8 +168,9 @@ void lmHeadLogprobBackward(Gemm& gemm, const bf16* hidden, const bf16* embed, co
                         rows, vocab, stream);
     gemm.run(false, false, rows, hiddenSize, vocab, 1.f, dlogitsWorkspace, vocab, embed, hiddenSize, 0.f,
              dhidden + static_cast<int64_t>(first) * hiddenSize, OutType::BF16, hiddenSize, stream);
-    gemm.run(true, false, vocab, hiddenSize, rows, 1.f, dlogitsWorkspace, vocab, h, hiddenSize, 1.f, dembed,
-             OutType::F32, hiddenSize, stream);
+    if (dembed)
+      gemm.run(true, false, vocab, hiddenSize, rows, 1.f, dlogitsWorkspace, vocab, h, hiddenSize, 1.f, dembed,
+               OutType::F32, hiddenSize, stream);
   }
 }
 
