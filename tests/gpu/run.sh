@@ -86,7 +86,7 @@ grep -h -E "FAIL|ERROR|Error|error:|hazard" "$logs"/*.log | grep -v -E "(ERROR|R
 echo "== kernel timings (16x1024 tokens, LFM2-350M) =="
 sed -n '/== summary ==/,$p' "$logs/check_kernels.log" | grep -v -E "passed|FAILED"
 echo "== engine =="
-grep -h -E "gradient rel|train step|tokens/s|passed," "$logs"/engine_parity*.log
+grep -h -E "gradient rel|train step|tokens/s|identical|chi-square|passed," "$logs"/engine_parity*.log
 for f in "$logs"/transformers_*.log "$logs"/pytorch_bench.log; do [ -f "$f" ] && tail -n 8 "$f"; done
 grep -H -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs"/memcheck_*.log "$logs"/racecheck_*.log 2>/dev/null
 grep -h -E "^[0-9]+ passed, [0-9]+ failed" "$logs"/check_kernels.log "$logs"/engine_parity.log

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -57,6 +58,16 @@ __device__ __forceinline__ float blockSum(float v, float* scratch) {
   __syncthreads();
   float total = lane < warps ? scratch[lane] : 0.f;
   return warpSum(total);
+}
+
+// Maximum over the whole block; every thread gets the result (same scratch rules as blockSum).
+__device__ __forceinline__ float blockMax(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warpMax(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  return warpMax(lane < warps ? scratch[lane] : -FLT_MAX);
 }
 
 }  // namespace webgrpo::cuda

@@ -101,14 +101,6 @@ constexpr int kDecodeThreads = 128;
 constexpr int kKeysPerBlock = 64;            // flash-decoding split: each block scores this many cached keys
 constexpr int kPartialStride = kHeadDim + 2;  // per (slot, head, split): 64 unnormalised outputs, max, sum
 
-__device__ __forceinline__ float blockMax(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  v = warpMax(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  return warpMax(lane < warps ? scratch[lane] : -FLT_MAX);
-}
 
 // Block per (kv head, slot, split of kKeysPerBlock keys): the `group` query heads that share the kv head read
 // those keys and values once. A thread per key scores it, a warp per head takes the softmax over the split, a
@@ -224,27 +216,16 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-__device__ __forceinline__ double blockSumD(double v, double* scratch) {
+// Block-wide sum for the sampler's double masses and int counts (common.cuh's blockSum is for floats).
+template <typename T>
+__device__ __forceinline__ T blockSumOf(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  double t = lane < warps ? scratch[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-  return t;
-}
-
-__device__ __forceinline__ int blockSumI(int v, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  int t = lane < warps ? scratch[lane] : 0;
+  T t = lane < warps ? scratch[lane] : T(0);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
   return t;
@@ -316,7 +297,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   const float blockMaxZ = blockMax(maxZ, scratchF);
   double sum = 0;
   for (int j = begin; j < end; ++j) sum += double(expf(c.z(j) - blockMaxZ));
-  const double total = blockSumD(sum, scratchD);
+  const double total = blockSumOf(sum, scratchD);
   const double lse = double(blockMaxZ) + log(total);
 
   if (tid == 0) {
@@ -345,7 +326,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
       const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
       int n = 0;
       for (int j = begin; j < end; ++j) n += orderedKey(c.z(j)) >= mid;
-      if (blockSumI(n, scratchI) >= params.topK) lo = mid; else hi = mid - 1;
+      if (blockSumOf(n, scratchI) >= params.topK) lo = mid; else hi = mid - 1;
     }
     cut = uint32_t(lo);
   }
@@ -355,7 +336,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
       const float z = c.z(j);
       if (orderedKey(z) >= cut) kept += double(expf(z - blockMaxZ));
     }
-    const double target = double(params.topP) * blockSumD(kept, scratchD);
+    const double target = double(params.topP) * blockSumOf(kept, scratchD);
     uint64_t lo = cut, hi = 0xffffffffu;  // largest cut whose kept mass still reaches the target
     while (lo < hi) {
       const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
@@ -364,7 +345,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
         const float z = c.z(j);
         if (orderedKey(z) >= mid) mass += double(expf(z - blockMaxZ));
       }
-      if (blockSumD(mass, scratchD) >= target) lo = mid; else hi = mid - 1;
+      if (blockSumOf(mass, scratchD) >= target) lo = mid; else hi = mid - 1;
     }
     cut = uint32_t(lo);
   }
@@ -399,7 +380,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   }
   __syncthreads();
   const double excl = prefix[warp] + (incl - mine);
-  const double keptTotal = blockSumD(mine, scratchD);
+  const double keptTotal = blockSumOf(mine, scratchD);
   __shared__ double u;
   if (tid == 0) u = double(splitmix64(rng[s]) >> 11) * 0x1.0p-53 * keptTotal;
   __syncthreads();
