@@ -5,6 +5,8 @@
 # (bench/torch/grpo_step.py) at the batch shape our runs had, and the summary table (bench/e2e-summary.ts).
 #
 #   bash bench/e2e-gpu.sh [--steps N] [--tasks click-test,click-button] [--set key=value ...]
+#   LoRA mode (r 8 on all eight LFM2 linear-layer kinds): add --set lora.enabled=true --set optim.lr=1e-3
+#   (not yet run on the GPU machine: the CUDA LoRA path landed after this session's browser runs).
 #
 # Needs node on PATH, CHROMIUM_PATH (../shared/device/README.md: the staged headless Chromium), the CUDA addon
 # (build/Release/webgrpo.node), dist/ and python3 with torch + transformers. Output in $OUT (default
