@@ -152,6 +152,59 @@ std::vector<LayerOffsets> lfm2LayerOffsets(const ModelConfig& config,
   return layers;
 }
 
+void validateTokenBatch(const char* method, const TokenBatchView& batch, int64_t vocab) {
+  if (batch.batch <= 0 || batch.seqLen <= 0)
+    throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
+  for (int64_t i = 0; i < batch.batch * batch.seqLen; i++) {
+    const int32_t tok = batch.tokens[i];
+    if (tok < 0 || tok >= vocab)
+      throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
+                                  formatPosition(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
+                                  std::to_string(vocab) + ")");
+  }
+}
+
+ScoredPositions collectScoredPositions(const ScoreArgs& args, int64_t vocab) {
+  const TokenBatchView& batch = args.batch;
+  const int64_t T = batch.seqLen;
+  ScoredPositions s;
+  for (int64_t b = 0; b < batch.batch; b++)
+    for (int64_t t = 0; t < T; t++) {
+      if (!args.scoreMask[b * T + t]) continue;
+      if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + ", which has no token before it");
+      if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + formatPosition(b, t));
+      if (!batch.mask[b * T + t - 1])
+        throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + " but the token before it is padding");
+      s.rows.push_back(b * T + t - 1);
+      s.targets.push_back(batch.tokens[b * T + t]);
+    }
+  if (!args.allowedOffsets) return s;
+  const int64_t S = int64_t(s.rows.size());
+  s.hasAllowed = true;
+  s.allowedOffsets.assign(args.allowedOffsets, args.allowedOffsets + S + 1);
+  if (s.allowedOffsets[0] != 0) throw std::invalid_argument("score: allowed.offsets[0] must be 0");
+  for (int64_t r = 0; r < S; r++)
+    if (s.allowedOffsets[r + 1] < s.allowedOffsets[r])
+      throw std::invalid_argument("score: allowed.offsets must be non-decreasing (at " + std::to_string(r + 1) + ")");
+  s.allowedTokens.assign(args.allowedTokens, args.allowedTokens + s.allowedOffsets[S]);
+  for (int32_t tok : s.allowedTokens)
+    if (tok < 0 || tok >= vocab)
+      throw std::invalid_argument("score: allowed token " + std::to_string(tok) + " is outside the vocabulary");
+  for (int64_t r = 0; r < S; r++) {
+    // A repeated id would count twice in the row's softmax.
+    std::vector<int32_t> row(s.allowedTokens.begin() + s.allowedOffsets[r], s.allowedTokens.begin() + s.allowedOffsets[r + 1]);
+    std::sort(row.begin(), row.end());
+    if (std::adjacent_find(row.begin(), row.end()) != row.end())
+      throw std::invalid_argument("score: the allowed tokens of scored position " + std::to_string(r) + " contain a repeated id");
+    if (!std::binary_search(row.begin(), row.end(), s.targets[r])) {
+      const int64_t pos = s.rows[r] + 1;
+      throw std::invalid_argument("score: token " + std::to_string(s.targets[r]) + " at " + formatPosition(pos / T, pos % T) +
+                                  " (scored position " + std::to_string(r) + ") is not among its allowed tokens");
+    }
+  }
+  return s;
+}
+
 void validateGenerateArgs(const GenerateArgs& args, int64_t V) {
   if (args.prompts.empty()) throw std::invalid_argument("generate: prompts is empty");
   for (size_t p = 0; p < args.prompts.size(); p++) {

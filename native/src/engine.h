@@ -197,6 +197,18 @@ size_t lookupParameter(const std::unordered_map<std::string, size_t>& index, con
                        const char* method, const std::string& name);
 void checkParameterShape(const char* method, const std::string& name, const std::vector<int64_t>& expected,
                          const std::vector<int64_t>& got);
+// A batch's shape and token ids; std::invalid_argument names the method, the position and the id.
+void validateTokenBatch(const char* method, const TokenBatchView& batch, int64_t vocab);
+// What a score() call scores, validated: for each scored position its predicting row (b*T + t-1) and target, and
+// the allowed-token rows when given (offsets from 0, non-decreasing; ids in the vocabulary, distinct within a
+// row, the target among them). std::invalid_argument names the first problem.
+struct ScoredPositions {
+  std::vector<int64_t> rows;
+  std::vector<int32_t> targets;
+  bool hasAllowed = false;
+  std::vector<int32_t> allowedOffsets, allowedTokens;
+};
+ScoredPositions collectScoredPositions(const ScoreArgs& args, int64_t vocab);
 // Throws std::invalid_argument naming the first bad field of a generate request (prompts, tokens, sampling
 // options, constraint tries).
 void validateGenerateArgs(const GenerateArgs& args, int64_t vocab);

@@ -138,6 +138,9 @@ describe('native model', () => {
     await expect(
       model.score({ ...batch, scoreMask: Uint8Array.from([0, 1, 0]), temperature: 1, keepActivations: false, allowed: { offsets: Int32Array.from([0, 1]), tokens: Int32Array.from([5]) } }),
     ).rejects.toThrow(/token 2 at \(row 0, position 1\).*not among its allowed tokens/);
+    await expect(
+      model.score({ ...batch, scoreMask: Uint8Array.from([0, 1, 0]), temperature: 1, keepActivations: false, allowed: { offsets: Int32Array.from([0, 3]), tokens: Int32Array.from([2, 5, 2]) } }),
+    ).rejects.toThrow(/allowed tokens of scored position 0 contain a repeated id/);
     await expect(model.backward(new Float32Array(2))).rejects.toThrow(/backward: no activations kept/);
     await model.score({ ...batch, scoreMask: Uint8Array.from([0, 1, 1]), temperature: 1, keepActivations: true });
     await expect(model.backward(new Float32Array(3))).rejects.toThrow(/dLogprobs has 3 values, the last score\(\) scored 2/);

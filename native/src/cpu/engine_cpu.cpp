@@ -169,7 +169,7 @@ class CpuEngine final : public Engine {
 
   std::vector<float> forwardLogits(const TokenBatchView& batch) override {
     setThreads();
-    validateBatch("forwardLogits", batch);
+    validateTokenBatch("forwardLogits", batch, cfg_.vocabSize);
     Activations acts;
     forward(batch, acts, false);
     const int64_t N = batch.batch * batch.seqLen;
@@ -181,45 +181,17 @@ class CpuEngine final : public Engine {
   ScoreOutput score(const ScoreArgs& args) override {
     setThreads();
     const TokenBatchView& batch = args.batch;
-    validateBatch("score", batch);
+    validateTokenBatch("score", batch, cfg_.vocabSize);
     if (!(args.temperature > 0)) throw std::invalid_argument("score: temperature must be > 0");
-    const int64_t T = batch.seqLen, H = cfg_.hiddenSize;
+    const int64_t H = cfg_.hiddenSize;
     auto acts = std::make_unique<Activations>();
-    for (int64_t b = 0; b < batch.batch; b++) {
-      for (int64_t t = 0; t < T; t++) {
-        if (!args.scoreMask[b * T + t]) continue;
-        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + ", which has no token before it");
-        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + formatPosition(b, t));
-        if (!batch.mask[b * T + t - 1])
-          throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + " but the token before it is padding");
-        acts->scoredRows.push_back(b * T + t - 1);
-        acts->targets.push_back(batch.tokens[b * T + t]);
-      }
-    }
-    const int64_t S = int64_t(acts->scoredRows.size());
-    if (args.allowedOffsets) {
-      acts->hasAllowed = true;
-      acts->allowedOffsets.assign(args.allowedOffsets, args.allowedOffsets + S + 1);
-      if (acts->allowedOffsets[0] != 0) throw std::invalid_argument("score: allowed.offsets[0] must be 0");
-      for (int64_t r = 0; r < S; r++) {
-        if (acts->allowedOffsets[r + 1] < acts->allowedOffsets[r])
-          throw std::invalid_argument("score: allowed.offsets must be non-decreasing (at " + std::to_string(r + 1) + ")");
-      }
-      acts->allowedTokens.assign(args.allowedTokens, args.allowedTokens + acts->allowedOffsets[S]);
-      for (int32_t tok : acts->allowedTokens)
-        if (tok < 0 || tok >= cfg_.vocabSize)
-          throw std::invalid_argument("score: allowed token " + std::to_string(tok) + " is outside the vocabulary");
-      for (int64_t r = 0; r < S; r++) {
-        const int32_t* begin = acts->allowedTokens.data() + acts->allowedOffsets[r];
-        const int32_t* end = acts->allowedTokens.data() + acts->allowedOffsets[r + 1];
-        if (std::find(begin, end, acts->targets[r]) == end) {
-          int64_t row = acts->scoredRows[r] + 1;
-          throw std::invalid_argument("score: token " + std::to_string(acts->targets[r]) + " at " +
-                                      formatPosition(row / T, row % T) + " (scored position " + std::to_string(r) +
-                                      ") is not among its allowed tokens");
-        }
-      }
-    }
+    ScoredPositions scored = collectScoredPositions(args, cfg_.vocabSize);
+    const int64_t S = int64_t(scored.rows.size());
+    acts->scoredRows = std::move(scored.rows);
+    acts->targets = std::move(scored.targets);
+    acts->hasAllowed = scored.hasAllowed;
+    acts->allowedOffsets = std::move(scored.allowedOffsets);
+    acts->allowedTokens = std::move(scored.allowedTokens);
     acts->temperature = args.temperature;
     acts->adapters.on = args.adapters;
     acts->adapters.dropout = args.keepActivations && loraDropout_ > 0;
@@ -424,18 +396,6 @@ class CpuEngine final : public Engine {
   }
 
   void setThreads() { omp_set_num_threads(threads_ > 0 ? threads_ : omp_get_num_procs()); }
-
-  void validateBatch(const char* method, const TokenBatchView& batch) const {
-    if (batch.batch <= 0 || batch.seqLen <= 0)
-      throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
-    for (int64_t i = 0; i < batch.batch * batch.seqLen; i++) {
-      int32_t tok = batch.tokens[i];
-      if (tok < 0 || tok >= cfg_.vocabSize)
-        throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
-                                    formatPosition(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
-                                    std::to_string(cfg_.vocabSize) + ")");
-    }
-  }
 
   static vector<float> gatherRows(const vector<float>& x, const vector<int64_t>& rows, int64_t dim) {
     vector<float> out(rows.size() * dim);

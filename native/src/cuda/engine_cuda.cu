@@ -368,47 +368,14 @@ class CudaEngine final : public Engine {
     const TokenBatchView& batch = args.batch;
     validateBatch("score", batch);
     if (!(args.temperature > 0)) throw std::invalid_argument("score: temperature must be > 0");
-    const int64_t T = batch.seqLen, H = cfg_.hiddenSize, V = cfg_.vocabSize;
-    vector<int32_t> scoredRows, targets;
-    for (int64_t b = 0; b < batch.batch; b++)
-      for (int64_t t = 0; t < T; t++) {
-        if (!args.scoreMask[b * T + t]) continue;
-        if (t == 0) throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + ", which has no token before it");
-        if (!batch.mask[b * T + t]) throw std::invalid_argument("score: scoreMask is set at padded " + formatPosition(b, t));
-        if (!batch.mask[b * T + t - 1])
-          throw std::invalid_argument("score: scoreMask is set at " + formatPosition(b, t) + " but the token before it is padding");
-        scoredRows.push_back(int32_t(b * T + t - 1));
-        targets.push_back(batch.tokens[b * T + t]);
-      }
-    const int64_t S = int64_t(scoredRows.size());
-    vector<int32_t> allowedOffsets, allowedTokens;
-    if (args.allowedOffsets) {
-      allowedOffsets.assign(args.allowedOffsets, args.allowedOffsets + S + 1);
-      if (allowedOffsets[0] != 0) throw std::invalid_argument("score: allowed.offsets[0] must be 0");
-      for (int64_t r = 0; r < S; r++)
-        if (allowedOffsets[r + 1] < allowedOffsets[r])
-          throw std::invalid_argument("score: allowed.offsets must be non-decreasing (at " + std::to_string(r + 1) + ")");
-      allowedTokens.assign(args.allowedTokens, args.allowedTokens + allowedOffsets[S]);
-      for (int32_t tok : allowedTokens)
-        if (tok < 0 || tok >= V)
-          throw std::invalid_argument("score: allowed token " + std::to_string(tok) + " is outside the vocabulary");
-      for (int64_t r = 0; r < S; r++) {
-        vector<int32_t> row(allowedTokens.begin() + allowedOffsets[r], allowedTokens.begin() + allowedOffsets[r + 1]);
-        std::sort(row.begin(), row.end());
-        if (std::adjacent_find(row.begin(), row.end()) != row.end())
-          throw std::invalid_argument("score: the allowed tokens of scored position " + std::to_string(r) +
-                                      " contain a repeated id");
-        if (!std::binary_search(row.begin(), row.end(), targets[r])) {
-          const int64_t pos = scoredRows[r] + 1;
-          throw std::invalid_argument("score: token " + std::to_string(targets[r]) + " at " + formatPosition(pos / T, pos % T) +
-                                      " (scored position " + std::to_string(r) + ") is not among its allowed tokens");
-        }
-      }
-    }
+    const int64_t H = cfg_.hiddenSize, V = cfg_.vocabSize;
+    const ScoredPositions scored = collectScoredPositions(args, V);
+    const int64_t S = int64_t(scored.rows.size());
+    const vector<int32_t> scoredRows(scored.rows.begin(), scored.rows.end());  // validateBatch bounds them to int32
     prepareBatch(batch, args.keepActivations);
     pass_ = AdapterPass{args.adapters, args.keepActivations && loraDropout_ > 0, args.dropoutSeed};
     forward();
-    prepareScoring(scoredRows, targets, allowedOffsets, allowedTokens);
+    prepareScoring(scoredRows, scored.targets, scored.allowedOffsets, scored.allowedTokens);
     temperature_ = args.temperature;
     ScoreOutput out;
     out.logprobs.resize(S);
@@ -1164,17 +1131,10 @@ class CudaEngine final : public Engine {
   size_t lookup(const char* method, const std::string& name) const { return lookupParameter(index_, table_, method, name); }
 
   void validateBatch(const char* method, const TokenBatchView& batch) const {
-    if (batch.batch <= 0 || batch.seqLen <= 0)
-      throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
+    validateTokenBatch(method, batch, cfg_.vocabSize);
+    // Rows and their device indices are int32 here.
     if (batch.batch * batch.seqLen > std::numeric_limits<int32_t>::max() / 4)
       throw std::invalid_argument(std::string(method) + ": batch too large");
-    for (int64_t i = 0; i < batch.batch * batch.seqLen; i++) {
-      const int32_t tok = batch.tokens[i];
-      if (tok < 0 || tok >= cfg_.vocabSize)
-        throw std::invalid_argument(std::string(method) + ": token " + std::to_string(tok) + " at " +
-                                    formatPosition(i / batch.seqLen, i % batch.seqLen) + " is outside the vocabulary (size " +
-                                    std::to_string(cfg_.vocabSize) + ")");
-    }
   }
 
   // Lays out the activation arena for this batch shape (growing it if needed) and uploads tokens, mask, positions.
