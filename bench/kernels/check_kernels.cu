@@ -814,7 +814,7 @@ void runTimings(Rng& rng, cuda::Gemm& gemm) {
     ms = medianMs([&] { cuda::sumSquares(g, n, partials, sum, nullptr); }, 10);
     addTiming("grad sum of squares (354M)", ms, n * f4, 0);
   }
-  // Decode step pieces at 64 sequences with 576 cached tokens (512-token prompts, half of 64 new ones... at most).
+  // Decode step pieces at 64 sequences with 576 cached tokens (512-token prompts plus 64 new ones).
   {
     const int slots = 64, len = 576, nh = 16, nkv = 8, hd = 64, V = 65536;
     DeviceArray<bf16> q(size_t(slots) * nh * hd), k(size_t(slots) * len * nkv * hd), v(k.n), out(q.n);

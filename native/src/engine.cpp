@@ -152,6 +152,53 @@ std::vector<LayerOffsets> lfm2LayerOffsets(const ModelConfig& config,
   return layers;
 }
 
+void initialParameterValues(const ModelConfig& config, const std::vector<ParameterInfo>& table, size_t index,
+                            uint64_t seed, float range, float* out) {
+  const ParameterInfo& info = table[index];
+  const int64_t n = shapeNumel(info.shape);
+  if (isNormWeight(info.name)) {
+    std::fill_n(out, n, 1.0f);
+    return;
+  }
+  // One stream per tensor, so a tensor's values do not depend on the others.
+  uint64_t rng = cpu::rng_seed_for(seed, index);
+  for (int64_t j = 0; j < n; j += 2) {  // Box-Muller, two normals per pair of uniforms
+    const double u1 = 1.0 - cpu::rng_uniform(rng), u2 = cpu::rng_uniform(rng);
+    const double radius = std::sqrt(-2.0 * std::log(u1)) * range;
+    out[j] = float(radius * std::cos(2 * M_PI * u2));
+    if (j + 1 < n) out[j + 1] = float(radius * std::sin(2 * M_PI * u2));
+  }
+  // transformers zeroes the padding_idx row of nn.Embedding.
+  if (info.name == "model.embed_tokens.weight" && config.padTokenId >= 0 && config.padTokenId < config.vocabSize)
+    std::fill_n(out + config.padTokenId * config.hiddenSize, config.hiddenSize, 0.0f);
+}
+
+bool appendGeneratedToken(const GenerateArgs& args, const TokenTrieView* trie, int32_t token, float logprob,
+                          int32_t& node, GenerateOutput& output) {
+  output.tokens.push_back(token);
+  output.logprobs.push_back(logprob);
+  if (std::find(args.stopTokens.begin(), args.stopTokens.end(), token) != args.stopTokens.end()) {
+    output.finishReason = FinishReason::Stop;
+    return true;
+  }
+  if (trie) {
+    for (int32_t e = trie->childOffsets[node]; e < trie->childOffsets[node + 1]; e++)
+      if (trie->childTokens[e] == token) {
+        node = trie->childNodes[e];
+        break;
+      }
+    if (trie->childOffsets[node + 1] == trie->childOffsets[node]) {
+      output.finishReason = FinishReason::Constraint;
+      return true;
+    }
+  }
+  if (int64_t(output.tokens.size()) >= args.maxNewTokens) {
+    output.finishReason = FinishReason::Length;
+    return true;
+  }
+  return false;
+}
+
 void validateTokenBatch(const char* method, const TokenBatchView& batch, int64_t vocab) {
   if (batch.batch <= 0 || batch.seqLen <= 0)
     throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");

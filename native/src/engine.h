@@ -192,6 +192,11 @@ std::vector<LayerOffsets> lfm2LayerOffsets(const ModelConfig& config,
 // ---- helpers the engines share -------------------------------------------------------------------------------
 // Norm weights (operator_norm, ffn_norm, embedding_norm, q/k_layernorm) start at 1; every other tensor is random.
 bool isNormWeight(const std::string& name);
+// initRandom's values for tensor `index` of an LFM2 table, the same on every backend: norm weights 1, every
+// other tensor N(0, range²) by Box-Muller from its own splitmix64 stream (rng_seed_for(seed, index)), and the
+// embedding's padding row 0 as transformers leaves it. `out` holds the tensor's numel values.
+void initialParameterValues(const ModelConfig& config, const std::vector<ParameterInfo>& table, size_t index,
+                            uint64_t seed, float range, float* out);
 // The index of `name` in `table`, or std::invalid_argument naming `method` and the parameter.
 size_t lookupParameter(const std::unordered_map<std::string, size_t>& index, const std::vector<ParameterInfo>& table,
                        const char* method, const std::string& name);
@@ -212,6 +217,11 @@ ScoredPositions collectScoredPositions(const ScoreArgs& args, int64_t vocab);
 // Throws std::invalid_argument naming the first bad field of a generate request (prompts, tokens, sampling
 // options, constraint tries).
 void validateGenerateArgs(const GenerateArgs& args, int64_t vocab);
+// Appends one sampled token (and its log-prob) to a sequence's output, then applies, in order, the stop tokens,
+// its constraint trie (`node` advances; reaching a leaf ends the sequence) and maxNewTokens. Returns true when
+// the sequence has finished, with output.finishReason set. Both engines' generate() step with it.
+bool appendGeneratedToken(const GenerateArgs& args, const TokenTrieView* trie, int32_t token, float logprob,
+                          int32_t& node, GenerateOutput& output);
 // "(row b, position t)" for messages about a batch entry.
 std::string formatPosition(int64_t b, int64_t t);
 

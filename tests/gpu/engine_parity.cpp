@@ -406,7 +406,7 @@ std::vector<float> flatLogprobs(const std::vector<GenerateOutput>& outs) {
   return v;
 }
 
-// A random trie over token strings (ids from `pool`), in the engine's flattened form.
+// A random trie over `strings` random token strings of 1..maxLen tokens, in the engine's flattened form.
 std::shared_ptr<TokenTrieView> randomTrie(Rng& rng, int64_t V, int strings, int maxLen) {
   struct Node { std::vector<std::pair<int32_t, int>> kids; };
   std::vector<Node> nodes(1);

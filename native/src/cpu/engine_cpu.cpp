@@ -147,24 +147,8 @@ class CpuEngine final : public Engine {
 
   void initRandom(uint64_t seed, float initializerRange) override {
     if (!(initializerRange >= 0)) throw std::invalid_argument("initRandom: initializerRange must be >= 0");
-    for (size_t i = 0; i < table_.size(); i++) {
-      float* p = params_.data() + offsets_[i];
-      if (isNormWeight(table_[i].name)) {
-        std::fill_n(p, numels_[i], 1.0f);
-        continue;
-      }
-      // One stream per tensor, so a tensor's values do not depend on the others.
-      uint64_t rng = cpu::rng_seed_for(seed, i);
-      for (int64_t j = 0; j < numels_[i]; j += 2) {  // Box-Muller, two normals per pair of uniforms
-        double u1 = 1.0 - cpu::rng_uniform(rng), u2 = cpu::rng_uniform(rng);
-        double radius = std::sqrt(-2.0 * std::log(u1)) * initializerRange;
-        p[j] = float(radius * std::cos(2 * M_PI * u2));
-        if (j + 1 < numels_[i]) p[j + 1] = float(radius * std::sin(2 * M_PI * u2));
-      }
-    }
-    // transformers zeroes the padding_idx row of nn.Embedding.
-    if (cfg_.padTokenId >= 0 && cfg_.padTokenId < cfg_.vocabSize)
-      std::fill_n(params_.data() + embedding_ + cfg_.padTokenId * cfg_.hiddenSize, cfg_.hiddenSize, 0.0f);
+    for (size_t i = 0; i < table_.size(); i++)
+      initialParameterValues(cfg_, table_, i, seed, initializerRange, params_.data() + offsets_[i]);
   }
 
   std::vector<float> forwardLogits(const TokenBatchView& batch) override {
@@ -604,28 +588,8 @@ std::vector<GenerateOutput> CpuEngine::generate(const GenerateArgs& args) {
       }
       float logprob = 0;
       int32_t tok = cpu::sample_token(st.logits.data(), V, allowed, nAllowed, st.seen.data(), options, st.rng, &logprob);
-      st.output.tokens.push_back(tok);
-      st.output.logprobs.push_back(logprob);
       st.seen[tok] = 1;
-      if (std::find(args.stopTokens.begin(), args.stopTokens.end(), tok) != args.stopTokens.end()) {
-        st.done = true;
-        st.output.finishReason = FinishReason::Stop;
-      } else if (trie) {
-        const int32_t begin = trie->childOffsets[st.node], end = trie->childOffsets[st.node + 1];
-        for (int32_t e = begin; e < end; e++)
-          if (trie->childTokens[e] == tok) {
-            st.node = trie->childNodes[e];
-            break;
-          }
-        if (trie->childOffsets[st.node + 1] == trie->childOffsets[st.node]) {
-          st.done = true;
-          st.output.finishReason = FinishReason::Constraint;
-        }
-      }
-      if (!st.done && int64_t(st.output.tokens.size()) >= args.maxNewTokens) {
-        st.done = true;
-        st.output.finishReason = FinishReason::Length;
-      }
+      st.done = appendGeneratedToken(args, trie, tok, logprob, st.node, st.output);
     }
     for (int64_t s = 0; s < nSeq; s++)
       if (seqs[s].failed)

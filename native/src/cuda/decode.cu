@@ -307,7 +307,7 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   __syncthreads();
   if (params.greedy) {
     // Among threads holding the maximum, the lowest token id wins.
-    if (best >= 0 && maxZ == blockMaxZ) atomicMin(&chosenShared, c.ids ? c.ids[best] : best);
+    if (best >= 0 && maxZ == blockMaxZ) atomicMin(&chosenShared, c.id(best));
     __syncthreads();
     if (tid == 0) {
       const int tok = chosenShared;  // its z is the maximum

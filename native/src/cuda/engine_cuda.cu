@@ -326,23 +326,13 @@ class CudaEngine final : public Engine {
     mergedStale_ = true;
   }
 
-  // The CPU engine's exact procedure (same RNG streams), so both backends start from identical weights.
+  // initialParameterValues, as on the CPU, so both backends start from identical weights.
   void initRandom(uint64_t seed, float initializerRange) override {
     if (!(initializerRange >= 0)) throw std::invalid_argument("initRandom: initializerRange must be >= 0");
     vector<float> host;
     for (size_t i = 0; i < table_.size(); i++) {
-      host.assign(numels_[i], 1.0f);
-      if (!isNormWeight(table_[i].name)) {
-        uint64_t rng = cpu::rng_seed_for(seed, i);
-        for (int64_t j = 0; j < numels_[i]; j += 2) {
-          const double u1 = 1.0 - cpu::rng_uniform(rng), u2 = cpu::rng_uniform(rng);
-          const double radius = std::sqrt(-2.0 * std::log(u1)) * initializerRange;
-          host[j] = float(radius * std::cos(2 * M_PI * u2));
-          if (j + 1 < numels_[i]) host[j + 1] = float(radius * std::sin(2 * M_PI * u2));
-        }
-      }
-      if (offsets_[i] == embedding_ && cfg_.padTokenId >= 0 && cfg_.padTokenId < cfg_.vocabSize)
-        std::fill_n(host.begin() + cfg_.padTokenId * cfg_.hiddenSize, cfg_.hiddenSize, 0.0f);
+      host.resize(numels_[i]);
+      initialParameterValues(cfg_, table_, i, seed, initializerRange, host.data());
       writeBase(offsets_[i], host);
     }
     sync();
@@ -539,7 +529,7 @@ class CudaEngine final : public Engine {
   // tokens, length limits and the constraint tries and uploads the next step's positions and allowed tokens.
   std::vector<GenerateOutput> generate(const GenerateArgs& args) override {
     validateGenerateArgs(args, cfg_.vocabSize);
-    const int64_t S = int64_t(args.sequencePrompt.size()), V = cfg_.vocabSize, H = cfg_.hiddenSize;
+    const int64_t S = int64_t(args.sequencePrompt.size()), V = cfg_.vocabSize;
     if (S == 0) return {};
     vector<GenerateOutput> outputs(S);
     if (args.maxNewTokens == 0) return outputs;  // finishReason Length, no tokens
@@ -626,27 +616,7 @@ class CudaEngine final : public Engine {
         if (d.hostStatus[s] != 0)
           throw std::runtime_error("generate: the model produced non-finite logits for sequence " + std::to_string(s) +
                                    " after " + std::to_string(out.tokens.size()) + " tokens (diverged or unset weights?)");
-        const int32_t tok = d.hostTokens[s];
-        out.tokens.push_back(tok);
-        out.logprobs.push_back(d.hostLogprobs[s]);
-        if (std::find(args.stopTokens.begin(), args.stopTokens.end(), tok) != args.stopTokens.end()) {
-          done[s] = 1;
-          out.finishReason = FinishReason::Stop;
-        } else if (const TokenTrieView* trie = trieOf(s)) {
-          for (int32_t e = trie->childOffsets[node[s]]; e < trie->childOffsets[node[s] + 1]; e++)
-            if (trie->childTokens[e] == tok) {
-              node[s] = trie->childNodes[e];
-              break;
-            }
-          if (trie->childOffsets[node[s] + 1] == trie->childOffsets[node[s]]) {
-            done[s] = 1;
-            out.finishReason = FinishReason::Constraint;
-          }
-        }
-        if (!done[s] && int64_t(out.tokens.size()) >= args.maxNewTokens) {
-          done[s] = 1;
-          out.finishReason = FinishReason::Length;
-        }
+        done[s] = appendGeneratedToken(args, trieOf(s), d.hostTokens[s], d.hostLogprobs[s], node[s], out);
       }
     };
 
@@ -687,7 +657,6 @@ class CudaEngine final : public Engine {
       collect(true);
     }
     if (profiler_) profiler_->report(S);
-    (void)H;
     return outputs;
   }
 
