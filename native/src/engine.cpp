@@ -173,32 +173,6 @@ void initialParameterValues(const ModelConfig& config, const std::vector<Paramet
     std::fill_n(out + config.padTokenId * config.hiddenSize, config.hiddenSize, 0.0f);
 }
 
-bool appendGeneratedToken(const GenerateArgs& args, const TokenTrieView* trie, int32_t token, float logprob,
-                          int32_t& node, GenerateOutput& output) {
-  output.tokens.push_back(token);
-  output.logprobs.push_back(logprob);
-  if (std::find(args.stopTokens.begin(), args.stopTokens.end(), token) != args.stopTokens.end()) {
-    output.finishReason = FinishReason::Stop;
-    return true;
-  }
-  if (trie) {
-    for (int32_t e = trie->childOffsets[node]; e < trie->childOffsets[node + 1]; e++)
-      if (trie->childTokens[e] == token) {
-        node = trie->childNodes[e];
-        break;
-      }
-    if (trie->childOffsets[node + 1] == trie->childOffsets[node]) {
-      output.finishReason = FinishReason::Constraint;
-      return true;
-    }
-  }
-  if (int64_t(output.tokens.size()) >= args.maxNewTokens) {
-    output.finishReason = FinishReason::Length;
-    return true;
-  }
-  return false;
-}
-
 void validateTokenBatch(const char* method, const TokenBatchView& batch, int64_t vocab) {
   if (batch.batch <= 0 || batch.seqLen <= 0)
     throw std::invalid_argument(std::string(method) + ": batchSize and seqLen must be > 0");
@@ -252,51 +226,6 @@ ScoredPositions collectScoredPositions(const ScoreArgs& args, int64_t vocab) {
   return s;
 }
 
-void validateGenerateArgs(const GenerateArgs& args, int64_t V) {
-  if (args.prompts.empty()) throw std::invalid_argument("generate: prompts is empty");
-  for (size_t p = 0; p < args.prompts.size(); p++) {
-    if (args.prompts[p].empty()) throw std::invalid_argument("generate: prompt " + std::to_string(p) + " is empty");
-    for (int32_t tok : args.prompts[p])
-      if (tok < 0 || tok >= V)
-        throw std::invalid_argument("generate: prompt " + std::to_string(p) + " has token " + std::to_string(tok) +
-                                    " outside the vocabulary (size " + std::to_string(V) + ")");
-  }
-  for (size_t s = 0; s < args.sequencePrompt.size(); s++) {
-    int32_t p = args.sequencePrompt[s];
-    if (p < 0 || size_t(p) >= args.prompts.size())
-      throw std::invalid_argument("generate: sequencePrompt[" + std::to_string(s) + "] = " + std::to_string(p) +
-                                  " but there are " + std::to_string(args.prompts.size()) + " prompts");
-  }
-  if (args.maxNewTokens < 0) throw std::invalid_argument("generate: maxNewTokens must be >= 0");
-  if (!args.constraints.empty() && args.constraints.size() != args.sequencePrompt.size())
-    throw std::invalid_argument("generate: constraints has " + std::to_string(args.constraints.size()) +
-                                " entries for " + std::to_string(args.sequencePrompt.size()) + " sequences");
-  const SamplingArgs& s = args.sampling;
-  if (!s.greedy && !(s.temperature > 0)) throw std::invalid_argument("generate: sampling.temperature must be > 0");
-  if (s.topK < 0) throw std::invalid_argument("generate: sampling.topK must be >= 0");
-  if (!(s.topP > 0 && s.topP <= 1)) throw std::invalid_argument("generate: sampling.topP must be in (0, 1]");
-  if (!(s.minP >= 0 && s.minP <= 1)) throw std::invalid_argument("generate: sampling.minP must be in [0, 1]");
-  if (!(s.repetitionPenalty > 0)) throw std::invalid_argument("generate: sampling.repetitionPenalty must be > 0");
-  for (size_t i = 0; i < args.constraints.size(); i++) {
-    const TokenTrieView* trie = args.constraints[i].get();
-    if (!trie) continue;
-    const std::string where = "generate: constraints[" + std::to_string(i) + "]: ";
-    if (trie->childOffsets.empty() || trie->childOffsets[0] != 0)
-      throw std::invalid_argument(where + "childOffsets must start with 0");
-    const int64_t nodes = trie->nodes();
-    for (int64_t n = 0; n < nodes; n++)
-      if (trie->childOffsets[n + 1] < trie->childOffsets[n])
-        throw std::invalid_argument(where + "childOffsets must be non-decreasing");
-    if (int64_t(trie->childTokens.size()) != trie->childOffsets[nodes] || trie->childNodes.size() != trie->childTokens.size())
-      throw std::invalid_argument(where + "childTokens and childNodes must have childOffsets[last] entries");
-    for (size_t e = 0; e < trie->childTokens.size(); e++) {
-      if (trie->childTokens[e] < 0 || trie->childTokens[e] >= V)
-        throw std::invalid_argument(where + "edge token " + std::to_string(trie->childTokens[e]) + " is outside the vocabulary");
-      if (trie->childNodes[e] < 0 || trie->childNodes[e] >= nodes)
-        throw std::invalid_argument(where + "edge target node " + std::to_string(trie->childNodes[e]) + " does not exist");
-    }
-  }
-}
 
 LoraPlan planLora(const ModelConfig& cfg, const LoraConfig& lc, const std::vector<ParameterInfo>& table,
                   const std::function<int64_t(const std::string&)>& offsetOf) {

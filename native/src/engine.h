@@ -141,6 +141,83 @@ struct GenerateOutput {
   FinishReason finishReason = FinishReason::Length;
 };
 
+// ---- generation sessions (continuous batching) -----------------------------------------------------------------
+// What every sequence of a session shares: limits, stop tokens and the sampler (sampling.seed is unused: each
+// batch brings its own), and how many sequences decode together at most.
+struct GenerationSettings {
+  int64_t maxNewTokens = 0;
+  std::vector<int32_t> stopTokens;
+  SamplingArgs sampling;
+  int64_t capacity = 0;
+};
+
+// Sequences that join a session together. Sequences that share a prompt index share its prefill. Sequence i of
+// the batch samples from its own stream rng_seed_for(seed, i), so what it samples does not depend on which other
+// sequences decode beside it.
+struct SequenceBatch {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> sequencePrompt;
+  std::vector<std::shared_ptr<const TokenTrieView>> constraints;  // per sequence (null: unconstrained) or empty
+  uint64_t seed = 0;
+};
+
+struct FinishedSequence {
+  int64_t id = 0;
+  GenerateOutput output;
+};
+
+// A decoding batch that sequences join between steps and leave when they finish (EOS, stop, length, constraint),
+// freeing their cache rows for the next ones. Multi-step browser episodes finish at different times; their next
+// prompts join the running batch instead of waiting for a whole batch to finish.
+class GenerationSession {
+ public:
+  virtual ~GenerationSession() = default;
+  // Validates and queues a batch (std::invalid_argument names the problem; nothing is queued then). Its sequences
+  // get consecutive ids from the returned one, in order, and join the decoding batch at a later step().
+  virtual int64_t add(SequenceBatch batch) = 0;
+  // Admits queued sequences into free rows (prefilling each distinct prompt of the admitted set once), then
+  // decodes until at least one sequence has finished, and returns those that did. Empty when nothing is queued
+  // or running.
+  virtual std::vector<FinishedSequence> step() = 0;
+  virtual int64_t queued() const = 0;
+  virtual int64_t running() const = 0;
+};
+
+// A backend's side of a session: `slots` rows of decoding state (caches, sampler stream, penalty marks) and the
+// math of one step. The shared scheduler (generation.cpp) owns the bookkeeping: which sequence holds which row,
+// stop tokens, lengths, constraint tries.
+struct SlotJoin {
+  int32_t slot = 0;
+  const std::vector<int32_t>* prompt = nullptr;  // joins with the same pointer share one prefill
+  uint64_t rngSeed = 0;
+};
+// Per row: positions = tokens cached before this step's input; lengths = cached tokens once the step ran (> 0
+// marks the rows that sample this step); allowedCount < 0: unconstrained, else allowedTokens[allowedBegin..].
+struct StepPlan {
+  std::vector<int32_t> positions, lengths, allowedBegin, allowedCount, allowedTokens;
+};
+struct StepOutput {
+  std::vector<int32_t> tokens, status;  // status != 0: non-finite logits
+  std::vector<float> logprobs;
+};
+class DecodeSlots {
+ public:
+  virtual ~DecodeSlots() = default;
+  // Storage for `slots` rows of up to maxLen tokens and up to allowedCapacity allowed tokens per step. Called
+  // only while no row is live; what rows held before is lost.
+  virtual void reserve(int64_t slots, int64_t maxLen, int64_t allowedCapacity) = 0;
+  // Prefills each joining row from its prompt: caches, the logits of its first token, its sampler stream.
+  virtual void prefill(const std::vector<SlotJoin>& joins) = 0;
+  // Samples one token for every row with plan.lengths > 0: from the prefill's logits (decode = false), or after
+  // running the model on each such row's last sampled token (decode = true). Other rows are left as they are.
+  virtual void sample(bool decode, const StepPlan& plan, StepOutput& out) = 0;
+};
+
+// Throws std::invalid_argument naming the first bad field.
+void validateGenerationSettings(const GenerationSettings& settings);
+void validateSequenceBatch(const SequenceBatch& batch, int64_t vocab);
+// The shared scheduler over a backend's rows.
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -164,7 +241,11 @@ class Engine {
   virtual void zeroGrad() = 0;
   virtual double gradNorm() = 0;
   virtual void adamwStep(const AdamWArgs& args) = 0;
-  virtual std::vector<GenerateOutput> generate(const GenerateArgs& args) = 0;
+  // A session decodes with the weights as they are while it runs: no parameter changes until it is gone.
+  // One session at a time per engine.
+  std::unique_ptr<GenerationSession> startGeneration(const GenerationSettings& settings);
+  // One batch in a session of its own, run to the end; outputs in sequence order.
+  std::vector<GenerateOutput> generate(const GenerateArgs& args);
 
   // Adds LoRA adapters and freezes the base weights: from then on gradients, gradNorm and adamwStep cover the
   // adapters only, and the parameter accessors also take adapter names (trainableInfo() lists them).
@@ -174,6 +255,13 @@ class Engine {
   }
   // The tensors that train: the adapters in LoRA mode, else every parameter.
   virtual std::vector<ParameterInfo> trainableInfo() const { return parameterInfo(); }
+
+ protected:
+  // The backend's rows for a session with these (validated) settings.
+  virtual std::unique_ptr<DecodeSlots> createDecodeSlots(const GenerationSettings& settings) = 0;
+
+ private:
+  std::shared_ptr<bool> generating_ = std::make_shared<bool>(false);  // a session is open (it resets this)
 };
 
 // The transformers tensor table of an LFM2 config, in checkpoint order (no lm_head.weight when tied).
@@ -214,14 +302,6 @@ struct ScoredPositions {
   std::vector<int32_t> allowedOffsets, allowedTokens;
 };
 ScoredPositions collectScoredPositions(const ScoreArgs& args, int64_t vocab);
-// Throws std::invalid_argument naming the first bad field of a generate request (prompts, tokens, sampling
-// options, constraint tries).
-void validateGenerateArgs(const GenerateArgs& args, int64_t vocab);
-// Appends one sampled token (and its log-prob) to a sequence's output, then applies, in order, the stop tokens,
-// its constraint trie (`node` advances; reaching a leaf ends the sequence) and maxNewTokens. Returns true when
-// the sequence has finished, with output.finishReason set. Both engines' generate() step with it.
-bool appendGeneratedToken(const GenerateArgs& args, const TokenTrieView* trie, int32_t token, float logprob,
-                          int32_t& node, GenerateOutput& output);
 // "(row b, position t)" for messages about a batch entry.
 std::string formatPosition(int64_t b, int64_t t);
 

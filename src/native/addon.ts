@@ -100,6 +100,33 @@ export interface GenerateResult {
   finishReason: 'stop' | 'length' | 'constraint';
 }
 
+/** What every sequence of a generation session shares (see NativeModel.startGeneration). */
+export interface GenerationSettings {
+  maxNewTokens: number;
+  stopTokens: Int32Array;
+  /** The sampler; each batch of sequences brings its own seed. */
+  sampling: Omit<SamplingParams, 'seed'>;
+  /** Sequences decoded together at most; the rest queue. */
+  capacity: number;
+}
+
+/** Sequences that join a generation session together. */
+export interface SequenceBatch {
+  /** Distinct prompts; sequences that share a prompt share its prefill. */
+  prompts: Int32Array[];
+  /** For each sequence, the index of its prompt. */
+  sequencePrompt: Int32Array;
+  /** Per sequence, or absent: unconstrained. */
+  constraints?: (TokenTrie | null)[];
+  /** Sequence i samples from its own stream of this seed, whatever decodes beside it. */
+  seed: number;
+}
+
+export interface FinishedSequence extends GenerateResult {
+  /** The id addSequences() gave it. */
+  id: number;
+}
+
 export interface AdamWParams {
   lr: number;
   beta1: number;
@@ -159,6 +186,17 @@ export interface NativeModel {
   gradNorm(): Promise<number>;
   adamwStep(params: AdamWParams): Promise<void>;
   generate(request: GenerateRequest): Promise<GenerateResult[]>;
+  /**
+   * Opens a continuous-batching session: sequences join between decode steps (addSequences) and leave when they
+   * finish, freeing their rows. One session at a time; while it is open the weights cannot change.
+   */
+  startGeneration(settings: GenerationSettings): void;
+  /** Queues sequences; returns the id of the first (the rest follow in order). */
+  addSequences(batch: SequenceBatch): number;
+  /** Admits queued sequences, decodes until at least one finishes, and returns those that did ([] when idle). */
+  stepGeneration(): Promise<FinishedSequence[]>;
+  generationStatus(): { queued: number; running: number };
+  endGeneration(): void;
   dispose(): void;
 }
 

@@ -42,8 +42,6 @@ export const TrainConfigSchema = z
         max_steps: z.number().int().positive().default(10),
         concurrency: z.number().int().positive().default(16),
         browsers: z.number().int().positive().default(1),
-        // Rollout partitions that take turns at the model, so the browsers of one act while another samples.
-        pipeline: z.number().int().positive().default(2),
         episode_max_time_ms: z.number().int().positive().default(10_000),
         action_timeout_ms: z.number().int().positive().default(500),
       })

@@ -54,7 +54,6 @@ export function rolloutSettings(cfg: TrainConfig, greedy = false): RolloutSettin
       history: cfg.prompt.history,
       systemPrompt: cfg.prompt.system_prompt,
     },
-    pipeline: cfg.env.pipeline,
   };
 }
 

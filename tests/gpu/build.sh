@@ -14,7 +14,7 @@ arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=comput
 cxxflags="-std=c++17 -O3 -march=x86-64-v2 -fopenmp -DWEBGRPO_WITH_CUDA -I$root/native/src -I$cuda_home/include"
 pids=()
 # The CUDA objects are the ones bench/kernels/build.sh just made (same sources, same flags).
-for src in "$root/native/src/engine.cpp" "$root/native/src/tensor.cpp" "$root/native/src/cpu/engine_cpu.cpp" \
+for src in "$root/native/src/engine.cpp" "$root/native/src/generation.cpp" "$root/native/src/tensor.cpp" "$root/native/src/cpu/engine_cpu.cpp" \
            "$root/native/src/cpu/ops.cpp" "$root/tests/gpu/engine_parity.cpp"; do
   obj="$out/obj/$(basename "${src%.cpp}").o"
   # Incremental: skip objects newer than their source and every native header.

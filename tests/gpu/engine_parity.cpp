@@ -455,8 +455,11 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
 
   // 1. Greedy: identical to the CPU twin, except after a near tie of the CPU's top two logits (bf16 compute may
   //    order those differently; the sequences legitimately part there and are compared no further).
-  auto compareGreedy = [&](const char* what, const GenerateArgs& args) {
-    const auto g = gpu->generate(args), c = cpu->generate(args);
+  // gpuOutputs: what the GPU gave for args some other way (default: its generate(args)).
+  auto compareGreedy = [&](const char* what, const GenerateArgs& args,
+                           const std::vector<GenerateOutput>* gpuOutputs = nullptr) {
+    const auto g = gpuOutputs ? *gpuOutputs : gpu->generate(args);
+    const auto c = cpu->generate(args);
     int compared = 0, ties = 0, mismatches = 0;
     for (size_t s = 0; s < g.size(); ++s) {
       const size_t n = std::min(g[s].tokens.size(), c[s].tokens.size());
@@ -486,6 +489,34 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
     return g;
   };
   const auto g1 = compareGreedy("greedy", greedy);
+  // 1b. Continuous batching: in a session of 3 rows the later sequences queue, then join while earlier ones are
+  //     still decoding, and each decodes what it decodes in one batch.
+  {
+    GenerationSettings settings;
+    settings.maxNewTokens = greedy.maxNewTokens;
+    settings.sampling = greedy.sampling;
+    settings.capacity = 3;
+    auto session = gpu->startGeneration(settings);
+    auto batchOf = [&](size_t from, size_t to) {
+      SequenceBatch b;
+      b.prompts = greedy.prompts;
+      b.sequencePrompt.assign(greedy.sequencePrompt.begin() + from, greedy.sequencePrompt.begin() + to);
+      return b;
+    };
+    std::vector<GenerateOutput> outs(greedy.sequencePrompt.size());
+    session->add(batchOf(0, 2));
+    int steps = 0, joinedWhileRunning = 0;
+    while (session->queued() > 0 || session->running() > 0 || steps < 2) {
+      for (FinishedSequence& f : session->step()) outs[f.id] = std::move(f.output);
+      if (++steps == 1) {
+        joinedWhileRunning = session->running() > 0;
+        session->add(batchOf(2, greedy.sequencePrompt.size()));
+      }
+    }
+    session.reset();
+    check(std::string(label) + " session: sequences joined while others ran", joinedWhileRunning ? 0 : 1, 0);
+    compareGreedy("greedy, continuous batching (3 rows, sequences joining)", greedy, &outs);
+  }
   // 2. The log-probs generate() reports are what score() recomputes, on the GPU and on the CPU.
   const auto flat = flatLogprobs(g1);
   check(std::string(label) + " greedy logprobs vs CUDA score()", relError(flat, rescore(*gpu, greedy.prompts, greedy.sequencePrompt, g1, 1.f)), 1e-2);

@@ -286,3 +286,115 @@ describe('CPU generate', () => {
     model.dispose();
   });
 });
+
+describe('CPU generation sessions (continuous batching)', () => {
+  const settings = (capacity: number, overrides: Partial<SamplingParams> = {}) => {
+    const { seed: _seed, ...s } = sampling({ topK: 30, repetitionPenalty: 1.1, ...overrides });
+    return { maxNewTokens: 9, stopTokens: Int32Array.from([7]), sampling: s, capacity };
+  };
+  const prompts = [[1, 2, 3, 4], [1, 40, 41], [1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9], [1, 33]].map((p) => Int32Array.from(p));
+
+  /** What generate() gives each prompt alone: the reference for every schedule below. */
+  async function alone(model: NativeModel, prompt: Int32Array, seed: number, overrides: Partial<SamplingParams> = {}, trie?: TokenTrie) {
+    const s = settings(1, overrides);
+    const [r] = await model.generate({ prompts: [prompt], sequencePrompt: Int32Array.of(0), maxNewTokens: s.maxNewTokens,
+      stopTokens: s.stopTokens, sampling: { ...s.sampling, seed }, constraints: trie ? [trie] : undefined });
+    return r;
+  }
+
+  it('sequences that join a running batch sample what they would sample alone', async () => {
+    const model = tinyModel(31, 0.5);
+    const want = [];
+    for (const [i, p] of prompts.entries()) want.push(await alone(model, p, 100 + i));
+    model.startGeneration(settings(3));
+    const got = new Map<number, unknown>();
+    const ids: number[] = [];
+    ids.push(model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), seed: 100 }));
+    ids.push(model.addSequences({ prompts: [prompts[1]], sequencePrompt: Int32Array.of(0), seed: 101 }));
+    let steps = 0;
+    let joinedWhileRunning = false;
+    for (;;) {
+      for (const f of await model.stepGeneration()) {
+        const { id, ...result } = f;
+        got.set(id, result);
+      }
+      steps++;
+      // The next prompts join between steps, while earlier sequences are still decoding.
+      if (steps === 1) {
+        joinedWhileRunning = model.generationStatus().running > 0;
+        ids.push(model.addSequences({ prompts: [prompts[2]], sequencePrompt: Int32Array.of(0), seed: 102 }));
+      }
+      if (steps === 2) ids.push(model.addSequences({ prompts: [prompts[3]], sequencePrompt: Int32Array.of(0), seed: 103 }));
+      const st = model.generationStatus();
+      if (steps > 2 && st.queued === 0 && st.running === 0) break;
+    }
+    expect(joinedWhileRunning).toBe(true);
+    expect(ids).toEqual([0, 1, 2, 3]);
+    expect(await model.stepGeneration()).toEqual([]);
+    model.endGeneration();
+    expect(ids.map((id) => got.get(id))).toEqual(want);
+    model.dispose();
+  });
+
+  it('queues sequences beyond its capacity and runs them as rows free up', async () => {
+    const model = tinyModel(32, 0.5);
+    const trie = buildTrie(ACTIONS);
+    const want = [];
+    for (const [i, p] of prompts.entries()) want.push(await alone(model, p, i === 1 ? 7 : 0, {}, i % 2 ? undefined : trie));
+    model.startGeneration(settings(2));
+    const ids = prompts.map((p, i) => model.addSequences({ prompts: [p], sequencePrompt: Int32Array.of(0),
+      constraints: [i % 2 ? null : trie], seed: i === 1 ? 7 : 0 }));
+    expect(model.generationStatus()).toEqual({ queued: 4, running: 0 });
+    const got = new Map<number, unknown>();
+    let most = 0;
+    while (got.size < prompts.length) {
+      const finished = await model.stepGeneration();
+      expect(finished.length).toBeGreaterThan(0);
+      for (const { id, ...result } of finished) got.set(id, result);
+      most = Math.max(most, model.generationStatus().running);
+    }
+    expect(most).toBeLessThanOrEqual(2);
+    model.endGeneration();
+    expect(ids.map((id) => got.get(id))).toEqual(want);
+    model.dispose();
+  });
+
+  it('one batch in a session equals generate() on it, shared prompts included', async () => {
+    const model = tinyModel(33, 0.5);
+    const s = settings(8, { topP: 0.9 });
+    const batch = { prompts: [prompts[0], prompts[1]], sequencePrompt: Int32Array.from([0, 1, 0, 1, 0]), seed: 44 };
+    const want = await model.generate({ ...batch, maxNewTokens: s.maxNewTokens, stopTokens: s.stopTokens,
+      sampling: { ...s.sampling, seed: 44 } });
+    model.startGeneration(s);
+    model.addSequences(batch);
+    const got: unknown[] = [];
+    while (got.length < 5) for (const { id, ...r } of await model.stepGeneration()) got[id] = r;
+    model.endGeneration();
+    expect(got).toEqual(want);
+    model.dispose();
+  });
+
+  it('refuses what a session cannot do, clearly, and loses nothing', async () => {
+    const model = tinyModel(34, 0.5);
+    expect(() => model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), seed: 1 }))
+      .toThrow(/no generation session is open/);
+    expect(() => model.startGeneration({ ...settings(2), capacity: 0 })).toThrow(/capacity/);
+    model.startGeneration(settings(2));
+    expect(() => model.startGeneration(settings(2))).toThrow(/already open/);
+    await expect(model.generate({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), maxNewTokens: 2,
+      stopTokens: new Int32Array(0), sampling: sampling() })).rejects.toThrow(/another generation session is open/);
+    expect(() => model.initRandom(1, 0.1)).toThrow(/generation session is open/);
+    model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), seed: 1 });
+    expect(() => model.addSequences({ prompts: [Int32Array.of(1, V)], sequencePrompt: Int32Array.of(0), seed: 1 }))
+      .toThrow(/outside the vocabulary/);
+    expect(() => model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(1), seed: 1 }))
+      .toThrow(/sequencePrompt\[0\] = 1/);
+    expect(model.generationStatus()).toEqual({ queued: 1, running: 0 });
+    const [f] = await model.stepGeneration();
+    expect(f.id).toBe(0);
+    model.endGeneration();
+    model.endGeneration();
+    model.initRandom(1, 0.1);  // weights can change again
+    model.dispose();
+  });
+});

@@ -83,12 +83,12 @@ describe('GRPO end to end (CPU engine, Chromium)', () => {
     expect(moved).toBe(true);
   });
 
-  it('runs more episodes than the pool has environments, in waves of pipelined partitions, reproducibly', async () => {
+  it('runs more episodes than the pool has environments, in waves with continuous batching, reproducibly', async () => {
     const cfg = tinyConfig(mkdtempSync(join(tmpdir(), 'webgrpo-waves-')), 1);
     const policy = await loadPolicy(cfg);
     const pool = await EnvPool.create({ size: 4 });
     try {
-      const settings = { ...rolloutSettings(cfg), numGenerations: 5, pipeline: 2 };
+      const settings = { ...rolloutSettings(cfg), numGenerations: 5 };
       const instances = [{ task: 'click-test', seed: 1 }, { task: 'click-button', seed: 2 }];
       const run = () => runRollouts(pool, { model: policy.model.native, tokenizer: policy.tokenizer }, instances, settings, 9);
       const first = await run();

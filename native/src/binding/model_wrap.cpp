@@ -166,6 +166,11 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                            InstanceMethod<&ModelWrap::gradNorm>("gradNorm"),
                            InstanceMethod<&ModelWrap::adamwStep>("adamwStep"),
                            InstanceMethod<&ModelWrap::generate>("generate"),
+                           InstanceMethod<&ModelWrap::startGeneration>("startGeneration"),
+                           InstanceMethod<&ModelWrap::addSequences>("addSequences"),
+                           InstanceMethod<&ModelWrap::stepGeneration>("stepGeneration"),
+                           InstanceMethod<&ModelWrap::generationStatus>("generationStatus"),
+                           InstanceMethod<&ModelWrap::endGeneration>("endGeneration"),
                            InstanceMethod<&ModelWrap::dispose>("dispose"),
                        });
   }
@@ -184,6 +189,21 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     if (busy_)
       throw std::runtime_error("model is busy: " + busyWith_ + " is still running; await it before calling " + what);
     return *engine_;
+  }
+
+  // ready(), for calls that change weights: a generation session decodes with the weights it started with.
+  Engine& writable(const std::string& what) {
+    Engine& engine = ready(what);
+    if (session_)
+      throw std::runtime_error(what + ": a generation session is open (it decodes with the current weights); "
+                               "call endGeneration() first");
+    return engine;
+  }
+
+  GenerationSession& session(const std::string& what) {
+    ready(what);
+    if (!session_) throw std::runtime_error(what + ": no generation session is open; call startGeneration() first");
+    return *session_;
   }
 
   // Starts an async call: marks the model busy until the worker settles.
@@ -245,7 +265,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       auto array = targets.As<Napi::Array>();
       for (uint32_t i = 0; i < array.Length(); i++)
         lc.targets.push_back(requireString(array.Get(i), "enableLora: targets[" + std::to_string(i) + "]"));
-      ready("enableLora()").enableLora(lc);
+      writable("enableLora()").enableLora(lc);
       return info.Env().Undefined();
     });
   }
@@ -258,7 +278,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     return guard(info.Env(), "setParameter", [&]() -> Napi::Value {
       std::string name = nameArg(info, "setParameter");
       std::string where = "setParameter(" + name + ")";
-      Engine& engine = ready(where);
+      Engine& engine = writable(where);
       engine.setParameter(name, unwrapTensor(info.Env(), info[1], where + ": value"));
       return info.Env().Undefined();
     });
@@ -298,7 +318,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       std::string name = nameArg(info, "setOptimizerState");
       std::string where = "setOptimizerState(" + name + ")";
       char which = whichArg(info[1], where);
-      Engine& engine = ready(where);
+      Engine& engine = writable(where);
       engine.setOptimizerState(name, which, unwrapTensor(info.Env(), info[2], where + ": value"));
       return info.Env().Undefined();
     });
@@ -308,7 +328,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     return guard(info.Env(), "initRandom", [&]() -> Napi::Value {
       int64_t seed = requireInteger(info[0], "initRandom: seed", 0, (int64_t(1) << 53));
       double range = requireNumber(info[1], "initRandom: initializerRange");
-      ready("initRandom()").initRandom(uint64_t(seed), float(range));
+      writable("initRandom()").initRandom(uint64_t(seed), float(range));
       return info.Env().Undefined();
     });
   }
@@ -413,7 +433,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   Napi::Value adamwStep(const Napi::CallbackInfo& info) {
     return guardAsync(info.Env(), "adamwStep", [&]() -> Napi::Value {
-      ready("adamwStep()");
+      writable("adamwStep()");
       Napi::Object p = requireObject(info[0], "adamwStep: params");
       AdamWArgs args;
       args.lr = float(requireNumber(p.Get("lr"), "adamwStep: lr"));
@@ -430,57 +450,114 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     });
   }
 
+  // withSeed: generate() takes its seed here; a session's batches bring their own.
+  static SamplingArgs readSampling(Napi::Value value, const std::string& where, bool withSeed) {
+    Napi::Object s = requireObject(value, where);
+    SamplingArgs args;
+    args.temperature = float(requireNumber(s.Get("temperature"), where + ".temperature"));
+    args.topK = int32_t(requireInteger(s.Get("topK"), where + ".topK", 0, int64_t(1) << 31));
+    args.topP = float(requireNumber(s.Get("topP"), where + ".topP"));
+    args.minP = float(requireNumber(s.Get("minP"), where + ".minP"));
+    args.repetitionPenalty = float(requireNumber(s.Get("repetitionPenalty"), where + ".repetitionPenalty"));
+    args.greedy = requireBoolean(s.Get("greedy"), where + ".greedy");
+    if (withSeed) args.seed = uint64_t(requireInteger(s.Get("seed"), where + ".seed", 0, int64_t(1) << 53));
+    return args;
+  }
+
+  // prompts, sequencePrompt and constraints of a request.
+  static void readSequences(const Napi::Object& req, const std::string& where, std::vector<std::vector<int32_t>>& prompts,
+                            std::vector<int32_t>& sequencePrompt,
+                            std::vector<std::shared_ptr<const TokenTrieView>>& constraints) {
+    Napi::Value p = req.Get("prompts");
+    if (!p.IsArray()) throw std::invalid_argument(where + ": prompts must be an array of Int32Array");
+    auto promptArray = p.As<Napi::Array>();
+    for (uint32_t i = 0; i < promptArray.Length(); i++)
+      prompts.push_back(requireInt32Array(promptArray.Get(i), where + ": prompts[" + std::to_string(i) + "]"));
+    sequencePrompt = requireInt32Array(req.Get("sequencePrompt"), where + ": sequencePrompt");
+    Napi::Value c = req.Get("constraints");
+    if (c.IsUndefined() || c.IsNull()) return;
+    if (!c.IsArray()) throw std::invalid_argument(where + ": constraints must be an array of TokenTrie | null");
+    auto array = c.As<Napi::Array>();
+    if (array.Length() != sequencePrompt.size())
+      throw std::invalid_argument(where + ": constraints has " + std::to_string(array.Length()) + " entries for " +
+                                  std::to_string(sequencePrompt.size()) + " sequences");
+    for (uint32_t i = 0; i < array.Length(); i++) {
+      Napi::Value t = array.Get(i);
+      constraints.push_back(t.IsNull() || t.IsUndefined() ? nullptr
+                                                          : readTrie(t, where + ": constraints[" + std::to_string(i) + "]"));
+    }
+  }
+
+  static Napi::Object outputToJs(Napi::Env env, const GenerateOutput& r) {
+    auto obj = Napi::Object::New(env);
+    obj.Set("tokens", makeInt32Array(env, r.tokens));
+    obj.Set("logprobs", makeFloat32Array(env, r.logprobs));
+    const char* reason = r.finishReason == FinishReason::Stop     ? "stop"
+                         : r.finishReason == FinishReason::Length ? "length"
+                                                                  : "constraint";
+    obj.Set("finishReason", reason);
+    return obj;
+  }
+
   Napi::Value generate(const Napi::CallbackInfo& info) {
     return guardAsync(info.Env(), "generate", [&]() -> Napi::Value {
       ready("generate()");
       Napi::Object req = requireObject(info[0], "generate: request");
       auto args = std::make_shared<GenerateArgs>();
-      Napi::Value prompts = req.Get("prompts");
-      if (!prompts.IsArray()) throw std::invalid_argument("generate: prompts must be an array of Int32Array");
-      auto promptArray = prompts.As<Napi::Array>();
-      for (uint32_t i = 0; i < promptArray.Length(); i++)
-        args->prompts.push_back(requireInt32Array(promptArray.Get(i), "generate: prompts[" + std::to_string(i) + "]"));
-      args->sequencePrompt = requireInt32Array(req.Get("sequencePrompt"), "generate: sequencePrompt");
+      readSequences(req, "generate", args->prompts, args->sequencePrompt, args->constraints);
       args->maxNewTokens = requireInteger(req.Get("maxNewTokens"), "generate: maxNewTokens", 0, int64_t(1) << 31);
       args->stopTokens = requireInt32Array(req.Get("stopTokens"), "generate: stopTokens");
-      Napi::Object s = requireObject(req.Get("sampling"), "generate: sampling");
-      args->sampling.temperature = float(requireNumber(s.Get("temperature"), "generate: sampling.temperature"));
-      args->sampling.topK = int32_t(requireInteger(s.Get("topK"), "generate: sampling.topK", 0, int64_t(1) << 31));
-      args->sampling.topP = float(requireNumber(s.Get("topP"), "generate: sampling.topP"));
-      args->sampling.minP = float(requireNumber(s.Get("minP"), "generate: sampling.minP"));
-      args->sampling.repetitionPenalty =
-          float(requireNumber(s.Get("repetitionPenalty"), "generate: sampling.repetitionPenalty"));
-      args->sampling.greedy = requireBoolean(s.Get("greedy"), "generate: sampling.greedy");
-      args->sampling.seed = uint64_t(requireInteger(s.Get("seed"), "generate: sampling.seed", 0, int64_t(1) << 53));
-      Napi::Value constraints = req.Get("constraints");
-      if (!constraints.IsUndefined() && !constraints.IsNull()) {
-        if (!constraints.IsArray()) throw std::invalid_argument("generate: constraints must be an array of TokenTrie | null");
-        auto array = constraints.As<Napi::Array>();
-        if (array.Length() != args->sequencePrompt.size())
-          throw std::invalid_argument("generate: constraints has " + std::to_string(array.Length()) + " entries for " +
-                                      std::to_string(args->sequencePrompt.size()) + " sequences");
-        for (uint32_t i = 0; i < array.Length(); i++) {
-          Napi::Value t = array.Get(i);
-          args->constraints.push_back(t.IsNull() || t.IsUndefined()
-                                          ? nullptr
-                                          : readTrie(t, "generate: constraints[" + std::to_string(i) + "]"));
-        }
-      }
+      args->sampling = readSampling(req.Get("sampling"), "generate: sampling", true);
       auto results = std::make_shared<std::vector<GenerateOutput>>();
       std::shared_ptr<Engine> keep = engine_;
       return runAsync(
           info.Env(), "generate()", [keep, args, results]() { *results = keep->generate(*args); },
           [results](Napi::Env env) -> Napi::Value {
             auto array = Napi::Array::New(env, results->size());
-            for (size_t i = 0; i < results->size(); i++) {
-              const GenerateOutput& r = (*results)[i];
-              auto obj = Napi::Object::New(env);
-              obj.Set("tokens", makeInt32Array(env, r.tokens));
-              obj.Set("logprobs", makeFloat32Array(env, r.logprobs));
-              const char* reason = r.finishReason == FinishReason::Stop     ? "stop"
-                                   : r.finishReason == FinishReason::Length ? "length"
-                                                                            : "constraint";
-              obj.Set("finishReason", reason);
+            for (size_t i = 0; i < results->size(); i++) array.Set(uint32_t(i), outputToJs(env, (*results)[i]));
+            return array;
+          });
+    });
+  }
+
+  Napi::Value startGeneration(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "startGeneration", [&]() -> Napi::Value {
+      Engine& engine = ready("startGeneration()");
+      if (session_) throw std::runtime_error("startGeneration: a generation session is already open");
+      Napi::Object o = requireObject(info[0], "startGeneration: settings");
+      GenerationSettings settings;
+      settings.maxNewTokens = requireInteger(o.Get("maxNewTokens"), "startGeneration: maxNewTokens", 0, int64_t(1) << 31);
+      settings.stopTokens = requireInt32Array(o.Get("stopTokens"), "startGeneration: stopTokens");
+      settings.sampling = readSampling(o.Get("sampling"), "startGeneration: sampling", false);
+      settings.capacity = requireInteger(o.Get("capacity"), "startGeneration: capacity", 1, int64_t(1) << 20);
+      session_ = engine.startGeneration(settings);
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value addSequences(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "addSequences", [&]() -> Napi::Value {
+      GenerationSession& s = session("addSequences()");
+      Napi::Object req = requireObject(info[0], "addSequences: batch");
+      SequenceBatch batch;
+      readSequences(req, "addSequences", batch.prompts, batch.sequencePrompt, batch.constraints);
+      batch.seed = uint64_t(requireInteger(req.Get("seed"), "addSequences: seed", 0, int64_t(1) << 53));
+      return Napi::Number::New(info.Env(), double(s.add(std::move(batch))));
+    });
+  }
+
+  Napi::Value stepGeneration(const Napi::CallbackInfo& info) {
+    return guardAsync(info.Env(), "stepGeneration", [&]() -> Napi::Value {
+      session("stepGeneration()");
+      std::shared_ptr<GenerationSession> keep = session_;
+      auto finished = std::make_shared<std::vector<FinishedSequence>>();
+      return runAsync(
+          info.Env(), "stepGeneration()", [keep, finished]() { *finished = keep->step(); },
+          [finished](Napi::Env env) -> Napi::Value {
+            auto array = Napi::Array::New(env, finished->size());
+            for (size_t i = 0; i < finished->size(); i++) {
+              Napi::Object obj = outputToJs(env, (*finished)[i].output);
+              obj.Set("id", double((*finished)[i].id));
               array.Set(uint32_t(i), obj);
             }
             return array;
@@ -488,10 +565,29 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     });
   }
 
+  Napi::Value generationStatus(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "generationStatus", [&]() -> Napi::Value {
+      GenerationSession& s = session("generationStatus()");
+      auto obj = Napi::Object::New(info.Env());
+      obj.Set("queued", double(s.queued()));
+      obj.Set("running", double(s.running()));
+      return obj;
+    });
+  }
+
+  Napi::Value endGeneration(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), "endGeneration", [&]() -> Napi::Value {
+      ready("endGeneration()");
+      session_.reset();  // ending twice, or with no session, is harmless
+      return info.Env().Undefined();
+    });
+  }
+
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     return guard(info.Env(), "dispose", [&]() -> Napi::Value {
       if (!engine_) return info.Env().Undefined();  // disposing twice is harmless
       if (busy_) throw std::runtime_error("model is busy: " + busyWith_ + " is still running; await it before calling dispose()");
+      session_.reset();
       engine_.reset();
       return info.Env().Undefined();
     });
@@ -502,6 +598,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
  private:
   std::shared_ptr<Engine> engine_;
+  std::shared_ptr<GenerationSession> session_;  // after engine_: destroyed first
   bool busy_ = false;
   std::string busyWith_;
 };

@@ -53,19 +53,15 @@ struct Activations {
   AdapterPass adapters;  // how LoRA adapters applied in this forward
 };
 
-// Decoding state of one sequence.
+// Decoding state of one row of a generation session.
 struct SequenceState {
-  int32_t prompt = 0;
   vector<vector<float>> convState;  // per layer: [(K-1), H] for conv layers, empty otherwise
   vector<vector<float>> kCache, vCache;  // per layer: [len, kvDim] for attention layers
   int64_t length = 0;                    // tokens in the caches
   vector<uint8_t> seen;                  // for the repetition penalty: prompt and generated tokens
   uint64_t rng = 0;
-  int32_t node = 0;
-  bool done = false;
-  bool failed = false;                   // non-finite logits
+  int32_t lastToken = 0;                 // the input of the next decode step
   vector<float> logits;                  // next-token logits [V]
-  GenerateOutput output;
 };
 
 class CpuEngine final : public Engine {
@@ -284,7 +280,7 @@ class CpuEngine final : public Engine {
                     args.beta1, args.beta2, args.eps, args.weightDecay, args.step, args.gradScale);
   }
 
-  std::vector<GenerateOutput> generate(const GenerateArgs& args) override;
+  std::unique_ptr<DecodeSlots> createDecodeSlots(const GenerationSettings& settings) override;
 
  private:
   // ---- parameter table --------------------------------------------------------------------------------------
@@ -470,6 +466,9 @@ class CpuEngine final : public Engine {
       vector<float>().swap(*buffer);
   }
 
+  friend class CpuDecodeSlots;
+  // The caches and first logits of a sequence whose prompt is `prompt`.
+  SequenceState prefillSequence(const vector<int32_t>& prompt);
   // One decoding step for the given sequences: feeds each its last token and leaves next-token logits.
   void decodeStep(vector<SequenceState*>& seqs);
 
@@ -497,116 +496,109 @@ class CpuEngine final : public Engine {
 
 // ---- generation ---------------------------------------------------------------------------------------------
 
-std::vector<GenerateOutput> CpuEngine::generate(const GenerateArgs& args) {
-  setThreads();
-  validateGenerateArgs(args, cfg_.vocabSize);
-  const int64_t H = cfg_.hiddenSize, V = cfg_.vocabSize, K = cfg_.convKernel;
-  const int64_t nSeq = int64_t(args.sequencePrompt.size());
-  vector<SequenceState> seqs(nSeq);
-  if (nSeq == 0) return {};
+SequenceState CpuEngine::prefillSequence(const vector<int32_t>& prompt) {
+  const int64_t H = cfg_.hiddenSize, V = cfg_.vocabSize, K = cfg_.convKernel, T = int64_t(prompt.size());
+  vector<uint8_t> mask(T, 1);
+  TokenBatchView view{prompt.data(), mask.data(), 1, T};
+  Activations acts;
+  forward(view, acts, false);
+  SequenceState st;
+  st.length = T;
+  st.convState.resize(cfg_.numLayers);
+  st.kCache.resize(cfg_.numLayers);
+  st.vCache.resize(cfg_.numLayers);
+  for (int64_t l = 0; l < cfg_.numLayers; l++) {
+    LayerActivations& la = acts.layers[l];
+    if (cfg_.layerTypes[l] == LayerKind::Conv) {
+      // The last K-1 inputs of the conv (zeros before the prompt's start).
+      vector<float>& state = st.convState[l];
+      state.assign((K - 1) * H, 0.0f);
+      for (int64_t j = 0; j < K - 1; j++) {
+        int64_t t = T - (K - 1) + j;
+        if (t >= 0) std::memcpy(state.data() + j * H, la.bx.data() + t * H, H * sizeof(float));
+      }
+    } else {
+      st.kCache[l] = std::move(la.k);
+      st.vCache[l] = std::move(la.v);
+    }
+  }
+  st.logits.resize(V);
+  cpu::matmul_forward(st.logits.data(), acts.xFinal.data() + (T - 1) * H, P(lmHead_), 1, H, V);
+  st.seen.assign(V, 0);
+  for (int32_t tok : prompt) st.seen[tok] = 1;
+  return st;
+}
 
-  // Prefill each distinct prompt that some sequence uses, once, then fork its state to those sequences.
-  vector<bool> used(args.prompts.size(), false);
-  for (int32_t p : args.sequencePrompt) used[p] = true;
-  for (size_t p = 0; p < args.prompts.size(); p++) {
-    if (!used[p]) continue;
-    const vector<int32_t>& prompt = args.prompts[p];
-    const int64_t T = int64_t(prompt.size());
-    vector<uint8_t> mask(T, 1);
-    TokenBatchView view{prompt.data(), mask.data(), 1, T};
-    Activations acts;
-    forward(view, acts, false);
-    SequenceState base;
-    base.prompt = int32_t(p);
-    base.length = T;
-    base.convState.resize(cfg_.numLayers);
-    base.kCache.resize(cfg_.numLayers);
-    base.vCache.resize(cfg_.numLayers);
-    for (int64_t l = 0; l < cfg_.numLayers; l++) {
-      LayerActivations& la = acts.layers[l];
-      if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        // The last K-1 inputs of the conv (zeros before the prompt's start).
-        vector<float>& state = base.convState[l];
-        state.assign((K - 1) * H, 0.0f);
-        for (int64_t j = 0; j < K - 1; j++) {
-          int64_t t = T - (K - 1) + j;
-          if (t >= 0) std::memcpy(state.data() + j * H, la.bx.data() + t * H, H * sizeof(float));
-        }
+// The CPU rows of a generation session: each row's state grows with its sequence, so reserve() only sizes the
+// row table.
+class CpuDecodeSlots final : public DecodeSlots {
+ public:
+  CpuDecodeSlots(CpuEngine& engine, const GenerationSettings& settings) : engine_(engine) {
+    options_.temperature = settings.sampling.temperature;
+    options_.top_k = settings.sampling.topK;
+    options_.top_p = settings.sampling.topP;
+    options_.min_p = settings.sampling.minP;
+    options_.repetition_penalty = settings.sampling.repetitionPenalty;
+    options_.greedy = settings.sampling.greedy;
+  }
+
+  void reserve(int64_t slots, int64_t, int64_t) override { rows_.assign(slots, SequenceState{}); }
+
+  void prefill(const std::vector<SlotJoin>& joins) override {
+    engine_.setThreads();
+    // Each distinct prompt once, then forked to the rows that share it.
+    std::unordered_map<const vector<int32_t>*, int32_t> firstRow;
+    for (const SlotJoin& j : joins) {
+      auto it = firstRow.find(j.prompt);
+      if (it == firstRow.end()) {
+        rows_[j.slot] = engine_.prefillSequence(*j.prompt);
+        firstRow.emplace(j.prompt, j.slot);
       } else {
-        base.kCache[l] = std::move(la.k);
-        base.vCache[l] = std::move(la.v);
+        rows_[j.slot] = rows_[it->second];
       }
-    }
-    base.logits.resize(V);
-    cpu::matmul_forward(base.logits.data(), acts.xFinal.data() + (T - 1) * H, P(lmHead_), 1, H, V);
-    base.seen.assign(V, 0);
-    for (int32_t tok : prompt) base.seen[tok] = 1;
-    for (int64_t s = 0; s < nSeq; s++)
-      if (args.sequencePrompt[s] == int32_t(p)) seqs[s] = base;
-  }
-
-  cpu::SamplingOptions options;
-  options.temperature = args.sampling.temperature;
-  options.top_k = args.sampling.topK;
-  options.top_p = args.sampling.topP;
-  options.min_p = args.sampling.minP;
-  options.repetition_penalty = args.sampling.repetitionPenalty;
-  options.greedy = args.sampling.greedy;
-  for (int64_t s = 0; s < nSeq; s++) {
-    seqs[s].rng = cpu::rng_seed_for(args.sampling.seed, uint64_t(s));
-    if (args.maxNewTokens == 0) {
-      seqs[s].done = true;
-      seqs[s].output.finishReason = FinishReason::Length;
+      rows_[j.slot].rng = j.rngSeed;
     }
   }
-  auto trieOf = [&](int64_t s) -> const TokenTrieView* {
-    return args.constraints.empty() ? nullptr : args.constraints[s].get();
-  };
 
-  while (true) {
-    // Sample the next token of every active sequence from its logits.
+  void sample(bool decode, const StepPlan& plan, StepOutput& out) override {
+    engine_.setThreads();
+    const int64_t V = engine_.cfg_.vocabSize, n = int64_t(rows_.size());
+    vector<SequenceState*> active;
+    vector<int64_t> index;
+    for (int64_t r = 0; r < n; r++)
+      if (plan.lengths[r] > 0) {
+        active.push_back(&rows_[r]);
+        index.push_back(r);
+      }
+    if (decode) engine_.decodeStep(active);
 #pragma omp parallel for schedule(dynamic)
-    for (int64_t s = 0; s < nSeq; s++) {
-      SequenceState& st = seqs[s];
-      if (st.done) continue;
-      const TokenTrieView* trie = trieOf(s);
-      const int32_t* allowed = nullptr;
-      int64_t nAllowed = 0;
-      if (trie) {
-        allowed = trie->childTokens.data() + trie->childOffsets[st.node];
-        nAllowed = trie->childOffsets[st.node + 1] - trie->childOffsets[st.node];
-        if (nAllowed == 0) {  // only when the root itself has no children
-          st.done = true;
-          st.output.finishReason = FinishReason::Constraint;
-          continue;
-        }
-      }
+    for (int64_t i = 0; i < int64_t(active.size()); i++) {
+      SequenceState& st = *active[i];
+      const int64_t r = index[i];
       if (!std::all_of(st.logits.begin(), st.logits.end(), [](float z) { return std::isfinite(z); })) {
-        st.failed = true;  // reported after the parallel loop: exceptions must not leave an OpenMP region
-        st.done = true;
+        out.status[r] = 1;  // the scheduler reports it: exceptions must not leave an OpenMP region
         continue;
       }
+      const int32_t* allowed = plan.allowedCount[r] >= 0 ? plan.allowedTokens.data() + plan.allowedBegin[r] : nullptr;
+      const int64_t nAllowed = plan.allowedCount[r] >= 0 ? plan.allowedCount[r] : 0;
       float logprob = 0;
-      int32_t tok = cpu::sample_token(st.logits.data(), V, allowed, nAllowed, st.seen.data(), options, st.rng, &logprob);
+      const int32_t tok = cpu::sample_token(st.logits.data(), V, allowed, nAllowed, st.seen.data(), options_, st.rng,
+                                            &logprob);
       st.seen[tok] = 1;
-      st.done = appendGeneratedToken(args, trie, tok, logprob, st.node, st.output);
+      st.lastToken = tok;
+      out.tokens[r] = tok;
+      out.logprobs[r] = logprob;
     }
-    for (int64_t s = 0; s < nSeq; s++)
-      if (seqs[s].failed)
-        throw std::runtime_error("generate: the model produced non-finite logits for sequence " + std::to_string(s) +
-                                 " after " + std::to_string(seqs[s].output.tokens.size()) +
-                                 " tokens (diverged or unset weights?)");
-    vector<SequenceState*> active;
-    for (SequenceState& st : seqs)
-      if (!st.done) active.push_back(&st);
-    if (active.empty()) break;
-    decodeStep(active);
   }
 
-  vector<GenerateOutput> results;
-  results.reserve(nSeq);
-  for (SequenceState& st : seqs) results.push_back(std::move(st.output));
-  return results;
+ private:
+  CpuEngine& engine_;
+  cpu::SamplingOptions options_;
+  vector<SequenceState> rows_;
+};
+
+std::unique_ptr<DecodeSlots> CpuEngine::createDecodeSlots(const GenerationSettings& settings) {
+  return std::make_unique<CpuDecodeSlots>(*this, settings);
 }
 
 void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
@@ -615,7 +607,7 @@ void CpuEngine::decodeStep(vector<SequenceState*>& seqs) {
   const int64_t K = cfg_.convKernel;
   vector<int32_t> tokens(n), positions(n);
   for (int64_t i = 0; i < n; i++) {
-    tokens[i] = seqs[i]->output.tokens.back();
+    tokens[i] = seqs[i]->lastToken;
     positions[i] = int32_t(seqs[i]->length);  // every cached token is real, so this is its RoPE position
   }
   vector<float> x(n * H), normed(n * H), delta(n * H);

@@ -523,142 +523,7 @@ class CudaEngine final : public Engine {
     sync();
   }
 
-  // Prefill the distinct prompts (in chunks of left-padded batches) straight into per-slot caches, fork them to
-  // the sequences that share a prompt, then decode every active slot one token per step: one CUDA graph per step
-  // (embedding, 16 layers, lm_head, sampling), then a copy of the sampled tokens to the host, which applies stop
-  // tokens, length limits and the constraint tries and uploads the next step's positions and allowed tokens.
-  std::vector<GenerateOutput> generate(const GenerateArgs& args) override {
-    validateGenerateArgs(args, cfg_.vocabSize);
-    const int64_t S = int64_t(args.sequencePrompt.size()), V = cfg_.vocabSize;
-    if (S == 0) return {};
-    vector<GenerateOutput> outputs(S);
-    if (args.maxNewTokens == 0) return outputs;  // finishReason Length, no tokens
-    int64_t maxPrompt = 0;
-    for (int32_t p : args.sequencePrompt) maxPrompt = std::max<int64_t>(maxPrompt, int64_t(args.prompts[p].size()));
-    const int64_t maxLen = maxPrompt + args.maxNewTokens;
-    if (maxLen > std::numeric_limits<int32_t>::max() / 2) throw std::invalid_argument("generate: sequences too long");
-    auto trieOf = [&](int64_t s) -> const TokenTrieView* {
-      return args.constraints.empty() ? nullptr : args.constraints[s].get();
-    };
-    int64_t allowedCapacity = 0;  // the most allowed tokens one step can need
-    for (int64_t s = 0; s < S; s++)
-      if (const TokenTrieView* trie = trieOf(s)) {
-        int32_t widest = 0;
-        for (int64_t n = 0; n < trie->nodes(); n++)
-          widest = std::max(widest, trie->childOffsets[n + 1] - trie->childOffsets[n]);
-        allowedCapacity += widest;
-      }
-    const bool penalty = args.sampling.repetitionPenalty != 1.0f;
-    prepareDecode(S, maxLen, allowedCapacity, penalty);
-    DecodeState& d = dec_;
-
-    // Per-slot RNG streams as on the CPU: rng_seed_for(seed, sequence index).
-    vector<uint64_t> seeds(S);
-    for (int64_t s = 0; s < S; s++) seeds[s] = cpu::rng_seed_for(args.sampling.seed, uint64_t(s));
-    WG_CUDA_CHECK(cudaMemcpyAsync(d.rng, seeds.data(), S * sizeof(uint64_t), cudaMemcpyHostToDevice, stream_));
-    WG_CUDA_CHECK(cudaMemsetAsync(d.tokens, 0, S * sizeof(int32_t), stream_));
-    if (penalty) WG_CUDA_CHECK(cudaMemsetAsync(d.seen, 0, size_t(S) * V, stream_));
-    pass_ = AdapterPass{};
-    decodeWeights_ = samplingWeights();
-    prefill(args);
-
-    // Host view of each slot.
-    vector<int64_t> length(S);
-    vector<int32_t> node(S, 0);
-    vector<uint8_t> done(S, 0);
-    for (int64_t s = 0; s < S; s++) length[s] = int64_t(args.prompts[args.sequencePrompt[s]].size());
-    const cuda::SamplerParams params{args.sampling.temperature, args.sampling.topK,           args.sampling.topP,
-                                     args.sampling.minP,        args.sampling.repetitionPenalty, args.sampling.greedy};
-    // Fills the step's host block (positions | lengths | allowedBegin | allowedCount | allowed tokens) and
-    // uploads it; decode = the step feeds each slot's last token. Returns the number of active slots.
-    auto uploadStep = [&](bool decode) {
-      int32_t* positions = d.hostStep;
-      int32_t *lengths = positions + S, *begin = lengths + S, *count = begin + S, *tokens = count + S;
-      int64_t used = 0, active = 0;
-      for (int64_t s = 0; s < S; s++) {
-        positions[s] = 0;
-        lengths[s] = 0;
-        begin[s] = 0;
-        count[s] = -1;
-        if (done[s]) continue;
-        if (const TokenTrieView* trie = trieOf(s)) {
-          const int32_t from = trie->childOffsets[node[s]], to = trie->childOffsets[node[s] + 1];
-          if (to == from) {  // only when the root itself has no children
-            done[s] = 1;
-            outputs[s].finishReason = FinishReason::Constraint;
-            continue;
-          }
-          begin[s] = int32_t(used);
-          count[s] = to - from;
-          std::memcpy(tokens + used, trie->childTokens.data() + from, size_t(to - from) * sizeof(int32_t));
-          used += to - from;
-        }
-        positions[s] = int32_t(length[s]);
-        lengths[s] = int32_t(decode ? length[s] + 1 : length[s]);
-        active++;
-      }
-      if (active)
-        WG_CUDA_CHECK(cudaMemcpyAsync(d.stepInts, d.hostStep, (4 * S + used) * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                      stream_));
-      return active;
-    };
-    // Reads the sampled tokens back and advances every slot that sampled.
-    auto collect = [&](bool decoded) {
-      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostTokens, d.tokens, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostLogprobs, d.logprob, S * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-      WG_CUDA_CHECK(cudaMemcpyAsync(d.hostStatus, d.status, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-      sync();
-      const int32_t* lengths = d.hostStep + S;
-      for (int64_t s = 0; s < S; s++) {
-        if (lengths[s] <= 0) continue;  // was not active this step
-        GenerateOutput& out = outputs[s];
-        if (decoded) length[s]++;
-        if (d.hostStatus[s] != 0)
-          throw std::runtime_error("generate: the model produced non-finite logits for sequence " + std::to_string(s) +
-                                   " after " + std::to_string(out.tokens.size()) + " tokens (diverged or unset weights?)");
-        done[s] = appendGeneratedToken(args, trieOf(s), d.hostTokens[s], d.hostLogprobs[s], node[s], out);
-      }
-    };
-
-    // First token: from the prefill's logits.
-    if (uploadStep(false)) {
-      sampleStep(params);
-      collect(false);
-    }
-    // Then one decode step per token.
-    GraphGuard graph;
-    bool graphReady = false;
-    while (uploadStep(true)) {
-      if (profiler_) {
-        profiler_->beginStep(stream_);
-        decodeStep(params);
-        profiler_->endStep();
-      } else if (!useGraphs_ || !graphReady) {
-        // The first step runs uncaptured: cuBLASLt plans for the decode shapes are made (and timed) here.
-        decodeStep(params);
-        graphReady = useGraphs_;
-      } else {
-        if (!graph.exec) {
-          WG_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-          try {
-            decodeStep(params);
-          } catch (...) {
-            cudaGraph_t broken = nullptr;
-            cudaStreamEndCapture(stream_, &broken);
-            if (broken) cudaGraphDestroy(broken);
-            cudaGetLastError();
-            throw;
-          }
-          WG_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph.graph));
-          WG_CUDA_CHECK(cudaGraphInstantiate(&graph.exec, graph.graph, 0));
-        }
-        WG_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_));
-      }
-      collect(true);
-    }
-    if (profiler_) profiler_->report(S);
-    return outputs;
-  }
+  std::unique_ptr<DecodeSlots> createDecodeSlots(const GenerationSettings& settings) override;
 
  private:
   // Device state for the scored positions of the last score().
@@ -793,18 +658,21 @@ class CudaEngine final : public Engine {
     dec_.hostLogprobs = reinterpret_cast<float*>(dec_.hostStatus + S);
   }
 
-  // Runs the distinct prompts that some sequence uses through the forward pass, in left-padded chunks of at most
-  // kPrefillTokens padded tokens, filling every slot's caches and its final hidden state; then one lm_head GEMM
-  // gives each slot's first logits.
-  void prefill(const GenerateArgs& args) {
+  friend class CudaDecodeSlots;
+
+  // Prefills the joining rows: their distinct prompts go through the forward pass in left-padded chunks of at
+  // most kPrefillTokens padded tokens, which fill each row's caches and final hidden state (rows that share a
+  // prompt get copies); then their sampler streams and penalty marks are set and one lm_head GEMM gives every
+  // row's first logits (the other rows' logits are overwritten; nothing reads them).
+  void prefill(const vector<SlotJoin>& joins, bool penalty) {
     DecodeState& d = dec_;
     const int64_t S = d.slots, H = cfg_.hiddenSize, V = cfg_.vocabSize;
-    vector<int32_t> distinct;
-    {
-      vector<bool> used(args.prompts.size(), false);
-      for (int32_t p : args.sequencePrompt) used[p] = true;
-      for (size_t p = 0; p < used.size(); p++)
-        if (used[p]) distinct.push_back(int32_t(p));
+    vector<const vector<int32_t>*> distinct;
+    for (const SlotJoin& j : joins)
+      if (std::find(distinct.begin(), distinct.end(), j.prompt) == distinct.end()) distinct.push_back(j.prompt);
+    for (const SlotJoin& j : joins) {
+      WG_CUDA_CHECK(cudaMemcpyAsync(d.rng + j.slot, &j.rngSeed, sizeof(uint64_t), cudaMemcpyHostToDevice, stream_));
+      if (penalty) WG_CUDA_CHECK(cudaMemsetAsync(d.seen + int64_t(j.slot) * V, 0, size_t(V), stream_));
     }
     size_t next = 0;
     while (next < distinct.size()) {
@@ -812,29 +680,29 @@ class CudaEngine final : public Engine {
       size_t end = next;
       int64_t T = 0;
       while (end < distinct.size()) {
-        const int64_t len = int64_t(args.prompts[distinct[end]].size());
+        const int64_t len = int64_t(distinct[end]->size());
         if (end > next && int64_t(end - next + 1) * std::max(T, len) > kPrefillTokens) break;
         T = std::max(T, len);
         end++;
       }
       const int64_t rows = int64_t(end - next);
-      vector<int32_t> tokens(rows * T, 0), rowOfPrompt(args.prompts.size(), -1);
+      vector<int32_t> tokens(rows * T, 0);
       vector<uint8_t> mask(rows * T, 0);
       for (int64_t r = 0; r < rows; r++) {
-        const vector<int32_t>& prompt = args.prompts[distinct[next + r]];
+        const vector<int32_t>& prompt = *distinct[next + r];
         const int64_t pad = T - int64_t(prompt.size());
         std::copy(prompt.begin(), prompt.end(), tokens.begin() + r * T + pad);
         std::fill(mask.begin() + r * T + pad, mask.begin() + (r + 1) * T, uint8_t(1));
-        rowOfPrompt[distinct[next + r]] = int32_t(r);
       }
       vector<int32_t> prefillRow(S, 0), promptLen(S, 0), srcRows, dstRows;
-      for (int64_t s = 0; s < S; s++) {
-        const int32_t r = rowOfPrompt[args.sequencePrompt[s]];
-        if (r < 0) continue;
-        prefillRow[s] = r;
-        promptLen[s] = int32_t(args.prompts[args.sequencePrompt[s]].size());
+      for (const SlotJoin& j : joins) {
+        const auto at = std::find(distinct.begin() + next, distinct.begin() + end, j.prompt);
+        if (at == distinct.begin() + end) continue;
+        const int32_t r = int32_t(at - (distinct.begin() + next));
+        prefillRow[j.slot] = r;
+        promptLen[j.slot] = int32_t(j.prompt->size());
         srcRows.push_back(int32_t(int64_t(r) * T + T - 1));
-        dstRows.push_back(int32_t(s));
+        dstRows.push_back(j.slot);
       }
       const TokenBatchView view{tokens.data(), mask.data(), rows, T};
       prepareBatch(view, /*withBackward=*/false);
@@ -851,7 +719,7 @@ class CudaEngine final : public Engine {
       }
       prefillTarget_ = PrefillTarget{};
       cuda::copyRows(acts_.xFinal, d.srcRows, d.xFinal, d.dstRows, int(srcRows.size()), int(H), stream_);
-      if (d.seen)
+      if (penalty)
         cuda::markPromptTokens(acts_.tokens, d.prefillRow, d.promptLen, int(S), int(T), int(V), d.seen, stream_);
       sync();  // the host vectors above are locals
       next = end;
@@ -1350,6 +1218,102 @@ class CudaEngine final : public Engine {
   bool mergedStale_ = true;
   AdapterPass pass_;
 };
+
+// The GPU rows of a generation session: the engine's decode arena, sized by reserve(), and the step's CUDA graph
+// (captured on the second decode step after each reserve: the first one makes the GEMM plans of the decode
+// shapes, which capture cannot do). Rows that do not sample in a step still run through the graph's GEMMs (the
+// weights are read once either way) and keep their caches.
+class CudaDecodeSlots final : public DecodeSlots {
+ public:
+  CudaDecodeSlots(CudaEngine& engine, const GenerationSettings& settings)
+      : e_(engine),
+        params_{settings.sampling.temperature, settings.sampling.topK,           settings.sampling.topP,
+                settings.sampling.minP,        settings.sampling.repetitionPenalty, settings.sampling.greedy},
+        penalty_(settings.sampling.repetitionPenalty != 1.0f) {
+    e_.decodeWeights_ = e_.samplingWeights();
+  }
+  ~CudaDecodeSlots() override {
+    try {
+      if (e_.profiler_ && slots_ > 0) e_.profiler_->report(slots_);
+    } catch (...) {  // a report is not worth a terminate()
+    }
+  }
+
+  void reserve(int64_t slots, int64_t maxLen, int64_t allowedCapacity) override {
+    graph_ = std::make_unique<CudaEngine::GraphGuard>();  // the old one points into the old arena
+    graphReady_ = false;
+    e_.prepareDecode(slots, maxLen, allowedCapacity, penalty_);
+    WG_CUDA_CHECK(cudaMemsetAsync(e_.dec_.tokens, 0, slots * sizeof(int32_t), e_.stream_));
+    slots_ = slots;
+  }
+
+  void prefill(const std::vector<SlotJoin>& joins) override {
+    e_.pass_ = AdapterPass{};  // the prefill runs the unmerged adapters, no dropout
+    e_.prefill(joins, penalty_);
+  }
+
+  void sample(bool decode, const StepPlan& plan, StepOutput& out) override {
+    CudaEngine::DecodeState& d = e_.dec_;
+    const int64_t S = d.slots, used = int64_t(plan.allowedTokens.size());
+    // The step block: positions | lengths | allowedBegin | allowedCount | allowed tokens.
+    int32_t* block = d.hostStep;
+    std::copy(plan.positions.begin(), plan.positions.end(), block);
+    std::copy(plan.lengths.begin(), plan.lengths.end(), block + S);
+    std::copy(plan.allowedBegin.begin(), plan.allowedBegin.end(), block + 2 * S);
+    std::copy(plan.allowedCount.begin(), plan.allowedCount.end(), block + 3 * S);
+    std::copy(plan.allowedTokens.begin(), plan.allowedTokens.end(), block + 4 * S);
+    cudaStream_t stream = e_.stream_;
+    WG_CUDA_CHECK(cudaMemcpyAsync(d.stepInts, block, (4 * S + used) * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    if (!decode) {
+      e_.sampleStep(params_);
+    } else if (e_.profiler_) {
+      e_.profiler_->beginStep(stream);
+      e_.decodeStep(params_);
+      e_.profiler_->endStep();
+    } else if (!e_.useGraphs_ || !graphReady_) {
+      e_.decodeStep(params_);
+      graphReady_ = e_.useGraphs_;
+    } else {
+      if (!graph_->exec) {
+        WG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        try {
+          e_.decodeStep(params_);
+        } catch (...) {
+          cudaGraph_t broken = nullptr;
+          cudaStreamEndCapture(stream, &broken);
+          if (broken) cudaGraphDestroy(broken);
+          cudaGetLastError();
+          throw;
+        }
+        WG_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_->graph));
+        WG_CUDA_CHECK(cudaGraphInstantiate(&graph_->exec, graph_->graph, 0));
+      }
+      WG_CUDA_CHECK(cudaGraphLaunch(graph_->exec, stream));
+    }
+    WG_CUDA_CHECK(cudaMemcpyAsync(d.hostTokens, d.tokens, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    WG_CUDA_CHECK(cudaMemcpyAsync(d.hostLogprobs, d.logprob, S * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    WG_CUDA_CHECK(cudaMemcpyAsync(d.hostStatus, d.status, S * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    e_.sync();
+    for (int64_t s = 0; s < S; s++) {
+      if (plan.lengths[s] <= 0) continue;
+      out.tokens[s] = d.hostTokens[s];
+      out.logprobs[s] = d.hostLogprobs[s];
+      out.status[s] = d.hostStatus[s];
+    }
+  }
+
+ private:
+  CudaEngine& e_;
+  const cuda::SamplerParams params_;
+  const bool penalty_;
+  std::unique_ptr<CudaEngine::GraphGuard> graph_;
+  bool graphReady_ = false;
+  int64_t slots_ = 0;
+};
+
+std::unique_ptr<DecodeSlots> CudaEngine::createDecodeSlots(const GenerationSettings& settings) {
+  return std::make_unique<CudaDecodeSlots>(*this, settings);
+}
 
 }  // namespace
 
