@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Issue 8's recipe: GRPO with LFM2-350M (configs/gpu_350m_e2e.yaml: exact config, random weights, one browser
-# step per episode, constrained decoding) on click-test and click-button, full fine-tune on the CUDA engine,
-# rewards from Chromium on the same machine; then the PyTorch + transformers reference GRPO step
-# (bench/torch/grpo_step.py) at the batch shape our runs had, and the summary table (bench/e2e-summary.ts).
+# step per episode, constrained decoding) on click-test and click-button, in full fine-tune and LoRA modes (LoRA:
+# r 8 on all eight LFM2 linear-layer kinds, lora.enabled=true) on the CUDA engine, rewards from Chromium on the
+# same machine; then the PyTorch + transformers reference GRPO step (bench/torch/grpo_step.py) at the batch shape
+# our first run had, and the summary table (bench/e2e-summary.ts).
 #
-#   bash bench/e2e-gpu.sh [--steps N] [--tasks click-test,click-button] [--set key=value ...]
-#   LoRA mode (r 8 on all eight LFM2 linear-layer kinds): add --set lora.enabled=true --set optim.lr=1e-3
-#   (not yet run on the GPU machine: the CUDA LoRA path landed after this session's browser runs).
+#   bash bench/e2e-gpu.sh [--steps N] [--tasks click-test,click-button] [--modes full,lora] [--set key=value ...]
 #
 # Needs node on PATH, CHROMIUM_PATH (../shared/device/README.md: the staged headless Chromium), the CUDA addon
 # (build/Release/webgrpo.node), dist/ and python3 with torch + transformers. Output in $OUT (default
@@ -14,13 +13,14 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-steps="" tasks="click-test,click-button" extra=()
+steps="" tasks="click-test,click-button" modes="full,lora" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps="${2:?}"; shift 2 ;;
     --tasks) tasks="${2:?}"; shift 2 ;;
+    --modes) modes="${2:?}"; shift 2 ;;
     --set) extra+=(--set "${2:?}"); shift 2 ;;
-    *) echo "usage: bench/e2e-gpu.sh [--steps N] [--tasks a,b] [--set key=value ...]" >&2; exit 2 ;;
+    *) echo "usage: bench/e2e-gpu.sh [--steps N] [--tasks a,b] [--modes full,lora] [--set key=value ...]" >&2; exit 2 ;;
   esac
 done
 out="${OUT:-$root/e2e-out}"
@@ -35,18 +35,28 @@ fi
 target() { case "$1" in click-test) echo 0.95 ;; click-button) echo 0.8 ;; *) echo 0.8 ;; esac; }
 runs=()
 status=0
-for task in ${tasks//,/ }; do
-  dir="$out/runs/$task"
-  rm -rf "$dir" && mkdir -p "$dir"
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$dir/gpu-memory.txt" &
-  monitor=$!
-  echo "== $task: node bin/webgrpo.js train --config configs/gpu_350m_e2e.yaml --set env.tasks=[$task] ${extra[*]} --eval"
-  t0=$SECONDS
-  node bin/webgrpo.js train --config configs/gpu_350m_e2e.yaml --set "env.tasks=[$task]" --set "run_dir=$dir" \
-    "${extra[@]}" --eval >"$out/$task.out" 2>"$out/$task.err" || { status=1; echo "   FAILED: $(tail -n 3 "$out/$task.err")"; }
-  kill "$monitor" 2>/dev/null
-  echo "   $((SECONDS - t0)) s"
-  runs+=(--run "$task=$dir:$(target "$task")")
+first=""
+for mode in ${modes//,/ }; do
+  case "$mode" in
+    full) mode_set=() ;;
+    lora) mode_set=(--set lora.enabled=true) ;;
+    *) echo "e2e-gpu.sh: unknown mode \"$mode\" (full, lora)" >&2; exit 2 ;;
+  esac
+  for task in ${tasks//,/ }; do
+    name="$mode-$task"
+    dir="$out/runs/$name"
+    [ -n "$first" ] || first="$dir"
+    rm -rf "$dir" && mkdir -p "$dir"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$dir/gpu-memory.txt" &
+    monitor=$!
+    echo "== $name: node bin/webgrpo.js train --config configs/gpu_350m_e2e.yaml --set env.tasks=[$task] ${mode_set[*]} ${extra[*]} --eval"
+    t0=$SECONDS
+    node bin/webgrpo.js train --config configs/gpu_350m_e2e.yaml --set "env.tasks=[$task]" --set "run_dir=$dir" \
+      "${mode_set[@]}" "${extra[@]}" --eval >"$out/$name.out" 2>"$out/$name.err" || { status=1; echo "   FAILED: $(tail -n 3 "$out/$name.err")"; }
+    kill "$monitor" 2>/dev/null
+    echo "   $((SECONDS - t0)) s"
+    runs+=(--run "$name=$dir:$(target "$task")")
+  done
 done
 # The reference step at our first run's shape: sequences per step, mean prompt and completion tokens.
 shape=$(node -e '
@@ -55,7 +65,7 @@ shape=$(node -e '
   const m = (f) => lines.reduce((a, x) => a + f(x), 0) / lines.length;
   const eps = lines[0].episodes;
   console.log(eps, Math.round(m((x) => x.prompt_tokens / x.episodes)), Math.max(1, Math.round(m((x) => x.new_tokens / x.episodes))));
-' "$out/runs/${tasks%%,*}/metrics.jsonl" 2>/dev/null)
+' "$first/metrics.jsonl" 2>/dev/null)
 if [ -n "$shape" ]; then
   read -r episodes prompt new <<<"$shape"
   group=$(node -e 'const y=require("yaml").parse(require("fs").readFileSync("configs/gpu_350m_e2e.yaml","utf8")); console.log(y.grpo.num_generations)')

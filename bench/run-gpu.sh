@@ -114,6 +114,8 @@ if wants sample; then
 fi
 if wants grpo; then
   run_step ours-grpo 45 "0" node "$dist/bench/grpo.js" "${ours[@]}" "${grpo_args[@]}"
+  # The same step in micro-batches of 16 sequences (the end-to-end runs' setting): less activation memory.
+  run_step ours-grpo-micro16 45 "0" node "$dist/bench/grpo.js" "${ours[@]}" "${grpo_args[@]}" --micro 16
   run_step torch-grpo 55 "0" "$python" bench/torch/grpo_step.py --prompts 8 --group 8 --prompt 600 --new 32 \
     --warmup 1 --iters 3
 fi

@@ -181,20 +181,24 @@ def grpo_section(records):
     grpo = [r for r in records if r["bench"] == "grpo"]
     if not grpo:
         return "### GRPO step\n\n(no records)"
-    ours = first(grpo, impl="webgrpo")
+    # One row per webgrpo record (e.g. micro-batches 64 and 16), each with its ratio row against PyTorch.
+    ours_all = sorted((r for r in grpo if r.get("impl") == "webgrpo"), key=lambda r: -(r.get("micro_batch") or 0))
+    ours = ours_all[0] if ours_all else None
     theirs = first(grpo, impl="torch")
     keys = ["generate_ms", "update_ms", "optimizer_ms", "sync_ms", "total_ms"]
     rows = []
-    for name, r in (("webgrpo", ours), ("PyTorch + transformers", theirs)):
+    named = [(f"webgrpo (micro-batch {r.get('micro_batch', '?')})", r) for r in ours_all] or [("webgrpo", None)]
+    for name, r in named + [("PyTorch + transformers", theirs)]:
         if not ok(r):
             rows.append([name, status_text(r)] + [""] * 6)
         else:
             rows.append([name] + [fmt(r.get(k), 1) for k in keys] + [fmt(r.get("tokens_per_s")), fmt(r.get("peak_gib"), 2)])
-    if ok(ours) and ok(theirs):
-        rows.append(["PyTorch / webgrpo time"] + [fmt(ratio(theirs.get(k), ours.get(k)), 2, "×") if ours.get(k) else "n/a"
-                                                   for k in keys] +
-                    [fmt(ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")), 2, "×"),
-                     fmt(ratio(ours.get("peak_gib"), theirs.get("peak_gib")), 2)])
+    for name, r in named:
+        if ok(r) and ok(theirs):
+            rows.append([f"PyTorch / {name}"] + [fmt(ratio(theirs.get(k), r.get(k)), 2, "×") if r.get(k) else "n/a"
+                                                  for k in keys] +
+                        [fmt(ratio(r.get("tokens_per_s"), theirs.get("tokens_per_s")), 2, "×"),
+                         fmt(ratio(r.get("peak_gib"), theirs.get("peak_gib")), 2)])
     r0 = ours if ok(ours) else theirs if ok(theirs) else {}
     title = (f"### GRPO step without a browser: {r0.get('prompts', '?')}×{r0.get('group', '?')} sequences, prompt "
              f"{r0.get('prompt_len', '?')}, {r0.get('new_tokens', '?')} new tokens ({preset_of(grpo)})")
