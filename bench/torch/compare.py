@@ -187,7 +187,8 @@ def grpo_section(records):
     theirs = first(grpo, impl="torch")
     keys = ["generate_ms", "update_ms", "optimizer_ms", "sync_ms", "total_ms"]
     rows = []
-    named = [(f"webgrpo (micro-batch {r.get('micro_batch', '?')})", r) for r in ours_all] or [("webgrpo", None)]
+    named = [("webgrpo" if r.get("micro_batch") is None else f"webgrpo (micro-batch {r['micro_batch']})", r)
+             for r in ours_all] or [("webgrpo", None)]
     for name, r in named + [("PyTorch + transformers", theirs)]:
         if not ok(r):
             rows.append([name, status_text(r)] + [""] * 6)
@@ -195,7 +196,7 @@ def grpo_section(records):
             rows.append([name] + [fmt(r.get(k), 1) for k in keys] + [fmt(r.get("tokens_per_s")), fmt(r.get("peak_gib"), 2)])
     for name, r in named:
         if ok(r) and ok(theirs):
-            rows.append([f"PyTorch / {name}"] + [fmt(ratio(theirs.get(k), r.get(k)), 2, "×") if r.get(k) else "n/a"
+            rows.append([f"PyTorch / {name} time"] + [fmt(ratio(theirs.get(k), r.get(k)), 2, "×") if r.get(k) else "n/a"
                                                   for k in keys] +
                         [fmt(ratio(r.get("tokens_per_s"), theirs.get("tokens_per_s")), 2, "×"),
                          fmt(ratio(r.get("peak_gib"), theirs.get("peak_gib")), 2)])

@@ -304,12 +304,16 @@ describe('CPU generation sessions (continuous batching)', () => {
 
   it('sequences that join a running batch sample what they would sample alone', async () => {
     const model = tinyModel(31, 0.5);
+    // The first sequence follows a trie whose paths end within 5 tokens, so it finishes (at a leaf) while the
+    // second, unconstrained with 9 tokens to go, still decodes (unless it drew the stop token at that very step):
+    // this does not hang on what the draws happen to be.
+    const trie = buildTrie(ACTIONS);
     const want = [];
-    for (const [i, p] of prompts.entries()) want.push(await alone(model, p, 100 + i));
+    for (const [i, p] of prompts.entries()) want.push(await alone(model, p, 100 + i, {}, i === 0 ? trie : undefined));
     model.startGeneration(settings(3));
     const got = new Map<number, unknown>();
     const ids: number[] = [];
-    ids.push(model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), seed: 100 }));
+    ids.push(model.addSequences({ prompts: [prompts[0]], sequencePrompt: Int32Array.of(0), constraints: [trie], seed: 100 }));
     ids.push(model.addSequences({ prompts: [prompts[1]], sequencePrompt: Int32Array.of(0), seed: 101 }));
     let steps = 0;
     let joinedWhileRunning = false;
@@ -368,7 +372,14 @@ describe('CPU generation sessions (continuous batching)', () => {
     model.startGeneration(s);
     model.addSequences(batch);
     const got: unknown[] = [];
-    while (got.length < 5) for (const { id, ...r } of await model.stepGeneration()) got[id] = r;
+    // Count results: sequences finish in any order (a later id may finish first).
+    let received = 0;
+    while (received < 5) {
+      for (const { id, ...r } of await model.stepGeneration()) {
+        got[id] = r;
+        received++;
+      }
+    }
     model.endGeneration();
     expect(got).toEqual(want);
     model.dispose();

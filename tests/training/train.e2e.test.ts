@@ -16,7 +16,7 @@ import { EnvPool } from '../../src/env/index.js';
 function tinyConfig(runDir: string, steps: number): TrainConfig {
   return validateTrainConfig({
     run_dir: runDir,
-    seed: 3,
+    seed: 4,
     model: { init: 'random', preset: 'tiny', backend: 'cpu' },
     env: { tasks: ['click-test', 'click-button'], max_steps: 2, concurrency: 8 },
     prompt: { axtree_max_chars: 400, history: 1 },

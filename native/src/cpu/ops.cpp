@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -642,12 +643,7 @@ void lm_head_logprobs_backward(float* dhidden, float* dweight, const float* dlog
 
 // ---- sampling -------------------------------------------------------------------------------------------------
 
-uint64_t rng_next(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+uint64_t rng_next(uint64_t& state) { return splitmix64_mix(state += kSplitmixGolden); }
 
 double rng_uniform(uint64_t& state) { return double(rng_next(state) >> 11) * 0x1.0p-53; }
 
@@ -661,81 +657,88 @@ uint64_t rng_seed_for(uint64_t seed, uint64_t sequence_index) {
 
 int32_t sample_token(const float* logits, int64_t vocab, const int32_t* allowed, int64_t n_allowed,
                      const uint8_t* seen, const SamplingOptions& options, uint64_t& rng_state, float* logprob) {
-  // Candidate ids and their processed logits.
-  std::vector<int32_t> ids;
-  if (allowed) {
-    ids.assign(allowed, allowed + n_allowed);
-  } else {
-    ids.resize(vocab);
-    std::iota(ids.begin(), ids.end(), 0);
-  }
+  // Candidate ids and their processed logits (fp32, as the GPU computes them).
+  const int64_t n = allowed ? n_allowed : vocab;
+  auto idOf = [&](int64_t j) { return allowed ? allowed[j] : int32_t(j); };
   const float temperature = options.greedy ? 1.0f : options.temperature;
-  std::vector<double> z(ids.size());
-  double maxZ = -std::numeric_limits<double>::infinity();
-  for (size_t j = 0; j < ids.size(); j++) {
-    float x = logits[ids[j]];
-    if (seen && options.repetition_penalty != 1.0f && seen[ids[j]])
-      x = x > 0 ? x / options.repetition_penalty : x * options.repetition_penalty;
-    z[j] = double(x / temperature);
+  const bool penalise = seen && options.repetition_penalty != 1.0f;
+  std::vector<float> z(static_cast<size_t>(n));
+  float maxZ = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; j++) {
+    const int32_t id = idOf(j);
+    float x = logits[id];
+    if (penalise && seen[id]) x = x > 0 ? x / options.repetition_penalty : x * options.repetition_penalty;
+    z[j] = x / temperature;
     maxZ = std::max(maxZ, z[j]);
   }
   double sum = 0;
-  std::vector<double> p(ids.size());
-  for (size_t j = 0; j < ids.size(); j++) sum += (p[j] = std::exp(z[j] - maxZ));
-  const double lse = maxZ + std::log(sum);
-  for (size_t j = 0; j < ids.size(); j++) p[j] /= sum;
+  for (int64_t j = 0; j < n; j++) sum += std::exp(double(z[j]) - double(maxZ));
+  const double lse = double(maxZ) + std::log(sum);
 
-  size_t chosen = 0;
+  int64_t chosen = 0;
   if (options.greedy) {
-    for (size_t j = 1; j < ids.size(); j++)
-      if (z[j] > z[chosen] || (z[j] == z[chosen] && ids[j] < ids[chosen])) chosen = j;
+    for (int64_t j = 1; j < n; j++)
+      if (z[j] > z[chosen] || (z[j] == z[chosen] && idOf(j) < idOf(chosen))) chosen = j;
   } else {
-    // Kept candidates, most likely first (ties: lower id first) when any truncation is on.
-    std::vector<size_t> order(ids.size());
-    std::iota(order.begin(), order.end(), 0);
-    const bool truncate = options.min_p > 0 || options.top_k > 0 || options.top_p < 1.0f;
-    if (truncate) {
-      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-        return p[a] != p[b] ? p[a] > p[b] : ids[a] < ids[b];
-      });
-      // transformers' order: top-k, then top-p over the renormalized top-k set, then min-p.
-      size_t keep = order.size();
-      if (options.top_k > 0) keep = std::min<size_t>(keep, size_t(options.top_k));
-      if (options.top_p < 1.0f) {
-        double keptMass = 0;
-        for (size_t n = 0; n < keep; n++) keptMass += p[order[n]];
-        double mass = 0;
-        size_t n = 0;
-        while (n < keep) {
-          mass += p[order[n]];
-          n++;
-          if (mass >= options.top_p * keptMass) break;
-        }
-        keep = n;
-      }
-      if (options.min_p > 0) {
-        const double threshold = options.min_p * p[order[0]];
-        size_t n = 0;
-        while (n < keep && p[order[n]] >= threshold) n++;
-        keep = std::max<size_t>(n, 1);
-      }
-      order.resize(keep);
+    // Truncation as cuts: keep ordered_key(z) >= cut and, with min-p, exp(z - max) >= min_p.
+    uint32_t cut = 0;
+    std::vector<double> w;  // exp(z - max z) in fp32, for top-p and min-p
+    if (options.top_p < 1.0f || options.min_p > 0) {
+      w.resize(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; j++) w[j] = double(std::exp(z[j] - maxZ));  // float exp, like the GPU's expf
     }
-    double total = 0;
-    for (size_t j : order) total += p[j];
-    double u = rng_uniform(rng_state) * total;
-    chosen = order.back();
-    double acc = 0;
-    for (size_t j : order) {
-      acc += p[j];
-      if (u < acc) {
+    if (options.top_k > 0 && options.top_k < n) {
+      // The k-th largest key: every candidate at or above it is kept (ties at the cut included).
+      std::vector<uint32_t> keys(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; j++) keys[j] = ordered_key(z[j]);
+      std::nth_element(keys.begin(), keys.begin() + (options.top_k - 1), keys.end(), std::greater<uint32_t>());
+      cut = keys[options.top_k - 1];
+    }
+    if (options.top_p < 1.0f) {
+      // The largest cut whose kept mass still holds top_p of the mass kept so far.
+      std::vector<std::pair<uint32_t, double>> kept;
+      double keptMass = 0;
+      for (int64_t j = 0; j < n; j++) {
+        const uint32_t k = ordered_key(z[j]);
+        if (k < cut) continue;
+        kept.push_back({k, w[j]});
+        keptMass += w[j];
+      }
+      std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      const double target = double(options.top_p) * keptMass;
+      double mass = 0;
+      for (size_t i = 0; i < kept.size();) {
+        const uint32_t k = kept[i].first;
+        for (; i < kept.size() && kept[i].first == k; i++) mass += kept[i].second;
+        cut = k;
+        if (mass >= target) break;
+      }
+    }
+    const double minWeight = options.min_p;
+    // Gumbel-max over the kept candidates (see ops.h): the same noise and screen as the CUDA sampler.
+    const uint64_t key = rng_next(rng_state);
+    double best = -std::numeric_limits<double>::infinity();
+    int32_t bestId = std::numeric_limits<int32_t>::max();
+    float boundHi = -std::numeric_limits<float>::infinity(), boundLo = 0.0f;
+    chosen = -1;
+    for (int64_t j = 0; j < n; j++) {
+      if (ordered_key(z[j]) < cut || (minWeight > 0 && !(w[j] >= minWeight))) continue;
+      const int32_t id = idOf(j);
+      const uint64_t bits = gumbel_bits(key, id);
+      if (!gumbel_may_reach(bits, z[j], boundHi, boundLo)) continue;
+      const double score = double(z[j]) + gumbel_noise(bits);
+      if (score > best || (score == best && id < bestId)) {
+        best = score;
+        bestId = id;
         chosen = j;
-        break;
+        boundHi = float(score);
+        boundLo = float(score - double(boundHi));
       }
     }
+    if (chosen < 0) chosen = 0;  // unreachable: the most likely candidate is always kept
   }
-  if (logprob) *logprob = float(z[chosen] - lse);
-  return ids[chosen];
+  if (logprob) *logprob = float(double(z[chosen]) - lse);
+  return idOf(chosen);
 }
 
 // ---- optimizer ------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 // - Ops use OpenMP threads (the caller sets omp_set_num_threads); results do not depend on the thread count or on
 //   which rows share a batch (fixed summation order, no FMA contraction), except sum_squares' reduction.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace webgrpo::cpu {
 
@@ -136,15 +138,97 @@ struct SamplingOptions {
 uint64_t rng_next(uint64_t& state);
 double rng_uniform(uint64_t& state);  // [0, 1), 53 bits
 uint64_t rng_seed_for(uint64_t seed, uint64_t sequence_index);
-// Picks one token from logits [V] (not modified). Candidates: `allowed` (n_allowed ids) or all V when null.
-// 1. repetition penalty (HF): for tokens with seen[v] != 0, z = z > 0 ? z / penalty : z * penalty;
-// 2. z /= temperature (1 when greedy); 3. p = softmax over candidates (others -inf);
-// 4. greedy: argmax (lowest id on ties); else, in transformers' order, keep the top_k most likely, then the
-//    smallest most-likely prefix holding top_p of their (renormalized) mass, then those with p >= min_p * max p,
-//    and draw from the kept mass with one rng_uniform (candidates sorted by p, ties by id). *logprob = log p[token] from step 3 (before min-p/top-k/top-p truncation), which is what
-//    score() with the same temperature and mask recomputes. Uses one RNG draw per call unless greedy.
+// Picks one token from logits [V] (not modified). Candidates: `allowed` (n_allowed >= 1 distinct ids, any order)
+// or all V when null.
+// 1. repetition penalty (HF): for tokens with seen[v] != 0, x = x > 0 ? x / penalty : x * penalty;
+// 2. z = x / temperature in fp32 (temperature 1 when greedy); p = softmax of z over the candidates.
+// 3. greedy: argmax z (lowest id on ties). Otherwise truncation, in transformers' order, as cuts on z (every
+//    candidate at or above a cut is kept, so ties at a cut are all kept, as in HF's top-k warper):
+//    top-k: z >= the k-th largest z; top-p: z >= the largest value c for which the kept candidates with z >= c
+//    hold at least top_p of the top-k set's mass; min-p: exp(z - max z) >= min_p (p >= min_p * max p). The
+//    masses are Σ exp(z - max z) with fp32 exp, summed in double.
+// 4. Gumbel-max draw over the kept set: key = rng_next(rng_state) (one RNG step per call unless greedy); the
+//    token is argmax over kept ids v of z[v] + gumbel_noise(gumbel_bits(key, v)) in double, lowest id on ties.
+//    That is an exact draw from softmax(z) renormalised over the kept set, needs no ordering of the candidates,
+//    and the CUDA sampler (cuda::sampleTokens) computes the same argmax with the same noise: both sides screen
+//    with gumbel_may_reach, which only skips candidates that provably cannot win.
+// *logprob = z[token] - logsumexp(z over all candidates), i.e. before truncation: what score() with the same
+// temperature and mask recomputes.
 int32_t sample_token(const float* logits, int64_t vocab, const int32_t* allowed, int64_t n_allowed,
                      const uint8_t* seen, const SamplingOptions& options, uint64_t& rng_state, float* logprob);
+
+// ---- the Gumbel-max draw's shared pieces (host and device: native/src/cuda/decode.cu uses them too) ----------
+#if defined(__CUDACC__)
+#define WEBGRPO_HD __host__ __device__ __forceinline__
+#else
+#define WEBGRPO_HD inline
+#endif
+
+// splitmix64's output function (rng_next = splitmix64_mix(state += golden)).
+WEBGRPO_HD uint64_t splitmix64_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+constexpr uint64_t kSplitmixGolden = 0x9e3779b97f4a7c15ull;
+
+WEBGRPO_HD float float_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+#endif
+}
+WEBGRPO_HD uint32_t bits_of_float(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+#endif
+}
+// Order-preserving map of a float to an unsigned key (larger float, larger key; -0 just below +0). The
+// truncation cuts compare these keys.
+WEBGRPO_HD uint32_t ordered_key(float f) {
+  const uint32_t u = bits_of_float(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The 64 random bits of token `id` under a draw's key: a counter-based hash (splitmix64's mix of
+// key ^ id * golden), so any thread can take any token in any order.
+WEBGRPO_HD uint64_t gumbel_bits(uint64_t key, int32_t id) {
+  return splitmix64_mix(key ^ (uint64_t(uint32_t(id)) * kSplitmixGolden));
+}
+// Standard Gumbel noise from those bits, in double: u = (bits' top 52 + 1/2) / 2^52 in [2^-53, 1 - 2^-53],
+// g = -log(-log u), so g lies in [-3.61, 36.74].
+WEBGRPO_HD double gumbel_noise(uint64_t bits) {
+  const double u = (double(bits >> 12) + 0.5) * 0x1.0p-52;
+  return -::log(-::log(u));
+}
+// Screen before gumbel_noise (two fp32 exps instead of two fp64 logs): false only when
+// double(z) + gumbel_noise(bits) < bound for certain, where bound = bound_hi + bound_lo (a float pair holding a
+// double score; bound_hi = -inf: no bound yet). g >= gap <=> u >= exp(-exp(-gap)); u is below the ceiling of its
+// top 23 bits, and the 2^-10 relative margin on the threshold covers the fp32 rounding of gap and of the exps (the
+// GPU's fast __expf: about 1e-4 relative at worst here), so a skipped candidate falls short of the bound by more
+// than 1e-5, far beyond the double rounding of z + g for |z| < 2^24 (larger |z| or bound: not screened). Being
+// exact in effect, the screen leaves the argmax, hence the token, the same whatever order candidates come in.
+WEBGRPO_HD bool gumbel_may_reach(uint64_t bits, float z, float bound_hi, float bound_lo) {
+  if (!(::fabsf(z) < 0x1.0p24f) || !(::fabsf(bound_hi) < 0x1.0p24f)) return true;
+  const float gap = (bound_hi - z) + bound_lo;
+  if (gap >= 36.75f) return false;  // beyond the largest noise
+#if defined(__CUDA_ARCH__)
+  const float threshold = __expf(-__expf(-gap));
+#else
+  const float threshold = ::expf(-::expf(-gap));
+#endif
+  // (top 23 bits + 1) / 2^23 > u, exactly: 1 + k 2^-23 minus (1 - 2^-23) is exact (Sterbenz).
+  const float ceiling = float_from_bits(0x3f800000u | uint32_t(bits >> 41)) - (1.0f - 0x1.0p-23f);
+  return ceiling >= threshold * (1.0f - 0x1.0p-10f);
+}
+#undef WEBGRPO_HD
 
 // ---- optimizer ------------------------------------------------------------------------------------------------
 // torch.optim.AdamW: g = grad * grad_scale; p -= lr*weight_decay*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²;

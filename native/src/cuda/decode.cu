@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "common.cuh"
+#include "cpu/ops.h"
 #include "kernels.h"
 
 namespace webgrpo::cuda {
@@ -207,14 +208,22 @@ __global__ void gpuSleepKernel(int microseconds) {
 }
 
 // ---- sampling -----------------------------------------------------------------------------------------------
+// Gumbel-max, as cpu::sample_token (native/src/cpu/ops.h has the procedure and the shared noise): the token is
+// argmax over kept candidates v of z[v] + g(key, v), with g a counter-based hash of the row's draw key and the
+// token id, so candidates may be visited in any order and every pass reads the row strided and coalesced
+// (float4, and uchar4 seen flags, when the whole vocabulary is the candidate set).
+// - greedy: one pass (argmax z, online log-sum-exp);
+// - no truncation (the GRPO case): one pass, the online log-sum-exp and the Gumbel argmax together;
+// - top-k / top-p / min-p: one pass for max and log-sum-exp, binary searches over cpu::ordered_key for the cut
+//   (a strided pass per step: 32 for top-k, 1 + up to 32 for top-p), then one Gumbel pass over the kept set.
+// One block of 1024 threads per row: at 64 rows that is 64 SMs, where (by instruction count, not yet measured)
+// the per-candidate work (hash, screen, online log-sum-exp) rather than the single read of the row bounds the
+// plain pass; splitting rows over a cluster of blocks would be the next step.
+// The fp64 noise is needed only for candidates that can still win: gumbel_may_reach screens the rest with two
+// fp32 exps against the best score so far, which is seeded with the block maximum of one candidate per thread.
 constexpr int kSampleThreads = 1024;
 
-__device__ __forceinline__ uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+enum SampleMode { kSampleGreedy = 0, kSamplePlain = 1, kSampleTruncated = 2 };
 
 // Block-wide sum for the sampler's double masses and int counts (common.cuh's blockSum is for floats).
 template <typename T>
@@ -231,29 +240,134 @@ __device__ __forceinline__ T blockSumOf(T v, T* scratch) {
   return t;
 }
 
-// Order-preserving map of a float to an unsigned key (larger float, larger key).
-__device__ __forceinline__ uint32_t orderedKey(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+// (value, id) ordering of the draws: the larger value, then the lower id.
+__device__ __forceinline__ bool beats(double v, int id, double bestV, int bestId) {
+  return v > bestV || (v == bestV && id < bestId);
+}
+__device__ __forceinline__ void warpArgmax(double& v, int& id) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const double ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oid = __shfl_xor_sync(0xffffffffu, id, o);
+    if (beats(ov, oid, v, id)) {
+      v = ov;
+      id = oid;
+    }
+  }
+}
+// Block-wide argmax of (value, id); every thread gets the winner (same scratch rules as blockSumOf).
+__device__ __forceinline__ void blockArgmax(double& v, int& id, double* scratchV, int* scratchI) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  warpArgmax(v, id);
+  __syncthreads();
+  if (lane == 0) {
+    scratchV[warp] = v;
+    scratchI[warp] = id;
+  }
+  __syncthreads();
+  v = lane < warps ? scratchV[lane] : -INFINITY;
+  id = lane < warps ? scratchI[lane] : INT_MAX;
+  warpArgmax(v, id);
 }
 
 struct Candidates {
-  const float* logits;
-  const uint8_t* seen;
-  const int32_t* ids;  // null: every token
+  const float* logits;   // the row
+  const uint8_t* seen;   // the row's seen flags; null when the repetition penalty is off
+  const int32_t* ids;    // the allowed ids; null: every token of the row
   int count;
   float penalty, temperature;
-  __device__ int id(int j) const { return ids ? ids[j] : j; }
-  // The CPU's processing: repetition penalty on seen tokens, then division by the temperature.
-  __device__ float z(int j) const {
-    const int t = id(j);
-    float x = logits[t];
-    if (seen && penalty != 1.f && seen[t]) x = x > 0 ? x / penalty : x * penalty;
-    return x / temperature;
+  bool vec4;             // every token, 16-byte aligned row (and 4-byte aligned seen row): vector loads
+  // The CPU's processing: repetition penalty on seen tokens, then division by the temperature (fp32).
+  __device__ __forceinline__ float z(float x, bool seenFlag) const {
+    if (seenFlag) x = x > 0 ? x / penalty : x * penalty;
+    return temperature == 1.f ? x : x / temperature;
+  }
+  __device__ __forceinline__ float zOf(int t) const { return z(logits[t], seen && seen[t]); }
+  __device__ __forceinline__ int idAt(int j) const { return ids ? ids[j] : j; }
+};
+
+// Calls f(id, z, x) for every candidate, strided over the block's threads (x: the raw logit).
+template <typename F>
+__device__ __forceinline__ void forEachCandidate(const Candidates& c, F&& f) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (c.ids) {
+    for (int j = tid; j < c.count; j += nt) {
+      const int t = c.ids[j];
+      const float x = c.logits[t];
+      f(t, c.z(x, c.seen && c.seen[t]), x);
+    }
+    return;
+  }
+  int done = 0;
+  if (c.vec4) {
+    const float4* row4 = reinterpret_cast<const float4*>(c.logits);
+    const uchar4* seen4 = reinterpret_cast<const uchar4*>(c.seen);
+    const int n4 = c.count >> 2;
+#pragma unroll 2
+    for (int q = tid; q < n4; q += nt) {
+      const float4 v = __ldg(row4 + q);
+      uchar4 sf = make_uchar4(0, 0, 0, 0);
+      if (c.seen) sf = seen4[q];
+      const int t = q << 2;
+      f(t, c.z(v.x, sf.x), v.x);
+      f(t + 1, c.z(v.y, sf.y), v.y);
+      f(t + 2, c.z(v.z, sf.z), v.z);
+      f(t + 3, c.z(v.w, sf.w), v.w);
+    }
+    done = n4 << 2;
+  }
+  for (int i = done + tid; i < c.count; i += nt) {
+    const float x = c.logits[i];
+    f(i, c.z(x, c.seen && c.seen[i]), x);
+  }
+}
+
+// One thread's share of the Gumbel argmax. bound (a float pair) is what a candidate must reach to matter: the
+// best score so far, or the block's seed maximum (a score of a kept candidate, so no winner is ever screened).
+struct GumbelArgmax {
+  uint64_t key;
+  double score = -INFINITY;
+  int id = INT_MAX;
+  float boundHi = -INFINITY, boundLo = 0.f;
+  __device__ __forceinline__ void raise(double b) {
+    if (b > double(boundHi) + double(boundLo)) {
+      boundHi = float(b);
+      boundLo = float(b - double(boundHi));
+    }
+  }
+  __device__ __forceinline__ void offer(int t, float z) {
+    const uint64_t bits = cpu::gumbel_bits(key, t);
+    if (!cpu::gumbel_may_reach(bits, z, boundHi, boundLo)) return;
+    const double v = double(z) + cpu::gumbel_noise(bits);
+    if (beats(v, t, score, id)) {
+      score = v;
+      id = t;
+      raise(v);
+    }
   }
 };
 
-// Every candidate at or above `cut` (an orderedKey) with weight exp(z - maxZ) >= minWeight is kept.
+// The block maximum of the scores of candidate j = threadIdx.x (when kept): the first bound of every thread.
+template <typename Kept>
+__device__ __forceinline__ double seedBound(const Candidates& c, uint64_t key, Kept&& kept, double* scratchV,
+                                            int* scratchI) {
+  double v = -INFINITY;
+  int id = INT_MAX;
+  if (int(threadIdx.x) < c.count) {
+    const int t = c.idAt(threadIdx.x);
+    const float z = c.zOf(t);
+    if (isfinite(z) && kept(z)) {
+      v = double(z) + cpu::gumbel_noise(cpu::gumbel_bits(key, t));
+      id = t;
+    }
+  }
+  blockArgmax(v, id, scratchV, scratchI);
+  return v;
+}
+
+// Block per active row. Writes token, logprob, status (0, or 1: non-finite logits or no candidate), seen[token];
+// advances rng[s] by one splitmix64 step unless greedy. Inactive rows are left untouched.
+template <int kMode>
 __global__ void __launch_bounds__(kSampleThreads)
 sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* __restrict__ lengths,
                    const int32_t* __restrict__ allowedBegin, const int32_t* __restrict__ allowedCount,
@@ -263,156 +377,142 @@ sampleTokensKernel(const float* __restrict__ logits, int vocab, const int32_t* _
   __shared__ double scratchD[32];
   __shared__ float scratchF[32];
   __shared__ int scratchI[32];
-  __shared__ double prefix[kSampleThreads / 32];
-  __shared__ int chosenShared, lastShared;
   const int s = blockIdx.x, tid = threadIdx.x;
   if (lengths[s] <= 0) return;
   const float* row = logits + int64_t(s) * vocab;
   uint8_t* seenRow = seen ? seen + int64_t(s) * vocab : nullptr;
-  Candidates c{row, seenRow, allowedCount[s] >= 0 ? allowedTokens + allowedBegin[s] : nullptr,
-               allowedCount[s] >= 0 ? allowedCount[s] : vocab, params.repetitionPenalty,
-               params.greedy ? 1.f : params.temperature};
-  // Non-finite logits anywhere in the row fail the sequence, as on the CPU (checked in the max pass below when
+  const bool constrained = allowedCount[s] >= 0;
+  Candidates c;
+  c.logits = row;
+  c.seen = seenRow && params.repetitionPenalty != 1.f ? seenRow : nullptr;
+  c.ids = constrained ? allowedTokens + allowedBegin[s] : nullptr;
+  c.count = constrained ? allowedCount[s] : vocab;
+  c.penalty = params.repetitionPenalty;
+  c.temperature = kMode == kSampleGreedy ? 1.f : params.temperature;
+  c.vec4 = !constrained && reinterpret_cast<uintptr_t>(row) % 16 == 0 &&
+           (!c.seen || reinterpret_cast<uintptr_t>(c.seen) % 4 == 0);
+  if (c.count <= 0) {
+    if (tid == 0) status[s] = 1;
+    return;
+  }
+  // The draw's key: every thread computes it; rng[s] is written back (by thread 0, after barriers) only once
+  // the row is known to be finite, as the CPU engine draws nothing for a non-finite row.
+  uint64_t nextState = 0, key = 0;
+  if (kMode != kSampleGreedy) {
+    nextState = rng[s] + cpu::kSplitmixGolden;
+    key = cpu::splitmix64_mix(nextState);
+    asm("" : "+l"(key));  // keeps the key in registers (NVVM would otherwise recompute part of it per candidate)
+  }
+
+  // Pass 1. Non-finite logits anywhere in the row fail the sequence, as on the CPU (checked while reading when
   // every token is a candidate).
   int bad = 0;
-  if (c.ids)
-    for (int i = tid; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
-  // Contiguous chunks per thread, so that the draw below walks candidates in their order.
-  const int chunk = (c.count + blockDim.x - 1) / blockDim.x;
-  const int begin = min(c.count, tid * chunk), end = min(c.count, begin + chunk);
-  float maxZ = -FLT_MAX;
-  int best = -1;  // candidate index of the greedy choice (lowest id among the maxima)
-  for (int j = begin; j < end; ++j) {
-    const float z = c.z(j);
-    if (!c.ids) bad |= !isfinite(row[j]);
-    if (z > maxZ || (z == maxZ && best >= 0 && c.id(j) < c.id(best))) {
-      maxZ = z;
-      best = j;
+  if (constrained) {
+    if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+      const float4* row4 = reinterpret_cast<const float4*>(row);
+      for (int q = tid; q < (vocab >> 2); q += blockDim.x) {
+        const float4 v = __ldg(row4 + q);
+        bad |= !isfinite(v.x) | !isfinite(v.y) | !isfinite(v.z) | !isfinite(v.w);
+      }
+      for (int i = (vocab & ~3) + tid; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
+    } else {
+      for (int i = tid; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
     }
   }
+  GumbelArgmax draw{key};
+  if (kMode == kSamplePlain) draw.raise(seedBound(c, key, [](float) { return true; }, scratchD, scratchI));
+  float m = -INFINITY, sum = 0.f;  // online log-sum-exp: sum of exp(z - m)
+  float greedyZ = -INFINITY;
+  int greedyId = INT_MAX;
+  forEachCandidate(c, [&](int t, float z, float x) {
+    if (!constrained) bad |= !isfinite(x);
+    const float d = z - m, e = __expf(-fabsf(d));
+    if (d > 0.f) {
+      sum = sum * e + 1.f;
+      m = z;
+    } else {
+      sum += e;
+    }
+    if (kMode == kSampleGreedy) {
+      if (z > greedyZ || (z == greedyZ && t < greedyId)) {
+        greedyZ = z;
+        greedyId = t;
+      }
+    }
+    if (kMode == kSamplePlain) draw.offer(t, z);
+  });
   if (__syncthreads_or(bad)) {
     if (tid == 0) status[s] = 1;
     return;
   }
-  const float blockMaxZ = blockMax(maxZ, scratchF);
-  double sum = 0;
-  for (int j = begin; j < end; ++j) sum += double(expf(c.z(j) - blockMaxZ));
-  const double total = blockSumOf(sum, scratchD);
-  const double lse = double(blockMaxZ) + log(total);
+  const float maxZ = blockMax(m, scratchF);
+  const double total = blockSumOf(double(sum) * double(expf(m - maxZ)), scratchD);
+  const double lse = double(maxZ) + log(total);
 
-  if (tid == 0) {
-    chosenShared = INT_MAX;
-    lastShared = -1;
-  }
-  __syncthreads();
-  if (params.greedy) {
-    // Among threads holding the maximum, the lowest token id wins.
-    if (best >= 0 && maxZ == blockMaxZ) atomicMin(&chosenShared, c.id(best));
-    __syncthreads();
+  if (kMode == kSampleGreedy) {
+    double v = greedyZ;
+    int t = greedyId;
+    blockArgmax(v, t, scratchD, scratchI);
     if (tid == 0) {
-      const int tok = chosenShared;  // its z is the maximum
-      tokenOut[s] = tok;
-      logprobOut[s] = float(double(blockMaxZ) - lse);
+      tokenOut[s] = t;
+      logprobOut[s] = float(v - lse);
       status[s] = 0;
-      if (seenRow) seenRow[tok] = 1;
+      if (seenRow) seenRow[t] = 1;
     }
     return;
   }
-  // Truncation cut: top-k, then top-p over the kept mass, then min-p, all as "keep z >= cut".
-  uint32_t cut = 0;
-  if (params.topK > 0 && params.topK < c.count) {
-    uint64_t lo = 0, hi = 0xffffffffu;  // largest key with count(key >= it) >= topK (64-bit: hi - lo + 1 fits)
-    while (lo < hi) {
-      const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
-      int n = 0;
-      for (int j = begin; j < end; ++j) n += orderedKey(c.z(j)) >= mid;
-      if (blockSumOf(n, scratchI) >= params.topK) lo = mid; else hi = mid - 1;
-    }
-    cut = uint32_t(lo);
-  }
-  if (params.topP < 1.f) {
-    double kept = 0;
-    for (int j = begin; j < end; ++j) {
-      const float z = c.z(j);
-      if (orderedKey(z) >= cut) kept += double(expf(z - blockMaxZ));
-    }
-    const double target = double(params.topP) * blockSumOf(kept, scratchD);
-    uint64_t lo = cut, hi = 0xffffffffu;  // largest cut whose kept mass still reaches the target
-    while (lo < hi) {
-      const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
-      double mass = 0;
-      for (int j = begin; j < end; ++j) {
-        const float z = c.z(j);
-        if (orderedKey(z) >= mid) mass += double(expf(z - blockMaxZ));
+
+  if (kMode == kSampleTruncated) {
+    // Truncation cut: top-k, then top-p over the kept mass, then min-p, all as "keep ordered_key(z) >= cut" (and
+    // exp(z - max) >= minP), exactly as the CPU's.
+    uint32_t cut = 0;
+    if (params.topK > 0 && params.topK < c.count) {
+      uint64_t lo = 0, hi = 0xffffffffu;  // largest key with count(key >= it) >= topK (64-bit: hi - lo + 1 fits)
+      while (lo < hi) {
+        const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
+        int n = 0;
+        forEachCandidate(c, [&](int, float z, float) { n += cpu::ordered_key(z) >= mid; });
+        if (blockSumOf(n, scratchI) >= params.topK) lo = mid; else hi = mid - 1;
       }
-      if (blockSumOf(mass, scratchD) >= target) lo = mid; else hi = mid - 1;
+      cut = uint32_t(lo);
     }
-    cut = uint32_t(lo);
-  }
-  // min-p: p >= minP * pmax  <=>  exp(z - maxZ) >= minP.
-  const double minWeight = params.minP;
-  auto weight = [&](int j) -> double {
-    const float z = c.z(j);
-    if (orderedKey(z) < cut) return 0.0;
-    const double w = double(expf(z - blockMaxZ));
-    return w >= minWeight ? w : 0.0;
-  };
-  double mine = 0;
-  for (int j = begin; j < end; ++j) mine += weight(j);
-  // Exclusive prefix of the per-thread masses (warp scan, then across warps).
-  const int lane = tid & 31, warp = tid >> 5;
-  double incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const double up = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += up;
-  }
-  if (lane == 31) prefix[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    double w = lane < int(blockDim.x / 32) ? prefix[lane] : 0.0, wi = w;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const double up = __shfl_up_sync(0xffffffffu, wi, o);
-      if (lane >= o) wi += up;
+    if (params.topP < 1.f) {
+      double kept = 0;
+      forEachCandidate(c, [&](int, float z, float) {
+        if (cpu::ordered_key(z) >= cut) kept += double(expf(z - maxZ));
+      });
+      const double target = double(params.topP) * blockSumOf(kept, scratchD);
+      uint64_t lo = cut, hi = 0xffffffffu;  // largest cut whose kept mass still reaches the target
+      while (lo < hi) {
+        const uint32_t mid = uint32_t(lo + (hi - lo + 1) / 2);
+        double mass = 0;
+        forEachCandidate(c, [&](int, float z, float) {
+          if (cpu::ordered_key(z) >= mid) mass += double(expf(z - maxZ));
+        });
+        if (blockSumOf(mass, scratchD) >= target) lo = mid; else hi = mid - 1;
+      }
+      cut = uint32_t(lo);
     }
-    if (lane < int(blockDim.x / 32)) prefix[lane] = wi - w;  // exclusive per warp
+    // min-p: p >= minP * pmax  <=>  exp(z - maxZ) >= minP.
+    const double minWeight = params.minP;
+    auto isKept = [&](float z) {
+      return cpu::ordered_key(z) >= cut && (minWeight <= 0 || double(expf(z - maxZ)) >= minWeight);
+    };
+    draw.raise(seedBound(c, key, isKept, scratchD, scratchI));
+    forEachCandidate(c, [&](int t, float z, float) {
+      if (isKept(z)) draw.offer(t, z);
+    });
   }
-  __syncthreads();
-  const double excl = prefix[warp] + (incl - mine);
-  const double keptTotal = blockSumOf(mine, scratchD);
-  __shared__ double u;
-  if (tid == 0) u = double(splitmix64(rng[s]) >> 11) * 0x1.0p-53 * keptTotal;
-  __syncthreads();
-  if (mine > 0 && u >= excl && u < excl + mine) {
-    double acc = excl;
-    int pick = -1;
-    for (int j = begin; j < end; ++j) {
-      const double w = weight(j);
-      if (w <= 0) continue;
-      pick = j;
-      acc += w;
-      if (u < acc) break;
-    }
-    atomicMin(&chosenShared, pick);
-  }
-  __syncthreads();
-  if (chosenShared == INT_MAX) {  // u at the very top of the mass (rounding): the last kept candidate
-    int last = -1;
-    for (int j = begin; j < end; ++j)
-      if (weight(j) > 0) last = j;
-    if (last >= 0) atomicMax(&lastShared, last);
-    __syncthreads();
-    if (tid == 0) chosenShared = lastShared;
-    __syncthreads();
-  }
+
+  double v = draw.score;
+  int t = draw.id;
+  blockArgmax(v, t, scratchD, scratchI);
   if (tid == 0) {
-    const int j = chosenShared;
-    const int tok = c.id(j);
-    tokenOut[s] = tok;
-    logprobOut[s] = float(double(c.z(j)) - lse);
+    tokenOut[s] = t;
+    logprobOut[s] = float(double(c.zOf(t)) - lse);
     status[s] = 0;
-    if (seenRow) seenRow[tok] = 1;
+    rng[s] = nextState;
+    if (seenRow) seenRow[t] = 1;
   }
 }
 
@@ -501,9 +601,12 @@ void sampleTokens(const float* logits, int vocab, const int32_t* lengths, const 
                   const SamplerParams& params, int32_t* token, float* logprob, int32_t* status, int slots,
                   cudaStream_t stream) {
   if (slots == 0) return;
-  sampleTokensKernel<<<unsigned(slots), kSampleThreads, 0, stream>>>(logits, vocab, lengths, allowedBegin,
-                                                                     allowedCount, allowedTokens, seen, rng, params,
-                                                                     token, logprob, status);
+  const bool truncate = params.topK > 0 || params.topP < 1.f || params.minP > 0.f;
+  const auto kernel = params.greedy ? sampleTokensKernel<kSampleGreedy>
+                      : truncate    ? sampleTokensKernel<kSampleTruncated>
+                                    : sampleTokensKernel<kSamplePlain>;
+  kernel<<<unsigned(slots), kSampleThreads, 0, stream>>>(logits, vocab, lengths, allowedBegin, allowedCount,
+                                                         allowedTokens, seen, rng, params, token, logprob, status);
   WG_LAUNCH_CHECK(sampleTokensKernel);
 }
 

@@ -202,12 +202,13 @@ void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const b
 // that events between kernels time the kernels and not the launch gaps).
 void gpuSleep(int microseconds, cudaStream_t stream);
 
-// Token sampling, the GPU twin of cpu::sample_token (same processing, same splitmix64 streams, same log-prob:
-// under the tempered, masked distribution before top-k/top-p/min-p truncation). Per active slot: candidates
-// are allowedTokens[allowedBegin[s] .. + allowedCount[s]) or the whole vocabulary when allowedCount[s] < 0.
-// Truncation keeps every candidate at or above the cut value (ties at the cut are all kept; the CPU keeps
-// exactly top_k, lower ids first). Writes token[s], logprob[s], status[s] (0, or 1 = non-finite logits) and
-// seen[s, token] = 1; advances rng[s] by one draw unless greedy.
+// Token sampling, the GPU twin of cpu::sample_token (same processing, same truncation cuts, the same Gumbel-max
+// draw from the same splitmix64 streams, hence the same tokens from the same fp32 logits; same log-prob: under the
+// tempered, masked distribution before top-k/top-p/min-p truncation). Per active slot (lengths[s] > 0; other
+// slots are not touched): candidates are allowedTokens[allowedBegin[s] .. + allowedCount[s]) or the whole
+// vocabulary when allowedCount[s] < 0. Truncation keeps every candidate at or above the cut value (ties at the
+// cut are all kept, on both sides). Writes token[s], logprob[s], status[s] (0, or 1 = non-finite logits or no
+// candidate) and seen[s, token] = 1; advances rng[s] by one splitmix64 step unless greedy.
 struct SamplerParams {
   float temperature = 1.f;
   int topK = 0;
