@@ -22,6 +22,7 @@
 #include "cpu/ops.h"
 #include "cuda/engine_cuda.h"
 #include "engine.h"
+#include "gemm_skinny.h"
 #include "kernels.h"
 
 namespace webgrpo {
@@ -73,6 +74,7 @@ class DeviceBuffer {
     bytes_ = 0;
   }
   char* data() const { return static_cast<char*>(ptr_); }
+  size_t bytes() const { return bytes_; }
 
  private:
   void* ptr_ = nullptr;
@@ -226,6 +228,8 @@ class CudaEngine final : public Engine {
     if (const char* choice = std::getenv("WEBGRPO_CUDA_RECOMPUTE")) recompute_ = std::string(choice) == "1";
     // WEBGRPO_CUDA_GRAPHS=0 launches generate()'s decode kernels one by one instead of as one CUDA graph per step.
     if (const char* choice = std::getenv("WEBGRPO_CUDA_GRAPHS")) useGraphs_ = std::string(choice) != "0";
+    // WEBGRPO_CUDA_SKINNY=0 sends the decode step's few-row products to cuBLASLt instead of the skinny kernel.
+    if (const char* choice = std::getenv("WEBGRPO_CUDA_SKINNY")) useSkinny_ = std::string(choice) != "0";
     if (const char* choice = std::getenv("WEBGRPO_CUDA_DECODE_PROFILE"); choice && std::string(choice) == "1") {
       profiler_ = std::make_unique<DecodeProfiler>();
       useGraphs_ = false;
@@ -728,6 +732,31 @@ class CudaEngine final : public Engine {
                cuda::OutType::F32, V, stream_);
   }
 
+  // A decode-step product Y = X·Wᵀ over the slots' rows: the skinny kernel (W streamed once at few rows), or
+  // cuBLASLt where it does not apply.
+  void decodeGemm(int N, int K, const bf16* X, int64_t ldx, const bf16* W, void* Y, cuda::OutType type, int64_t ldy) {
+    const int M = int(dec_.slots);
+    if (useSkinny_ && M <= kSkinnyRows && cuda::skinnyGemmSupported(M, N, K) && cuda::skinnyGemmOperandsSupported(X, ldx, W, K) &&
+        cuda::skinnyGemmWorkspaceBytes(M, N, K) <= skinnyWorkspace_.bytes()) {
+      cuda::skinnyGemm(M, N, K, X, ldx, W, K, Y, type, ldy, reinterpret_cast<float*>(skinnyWorkspace_.data()), stream_);
+      return;
+    }
+    gemm_->run(false, true, M, N, K, 1.f, X, ldx, W, K, 0.f, Y, type, ldy, stream_);
+  }
+
+  // Split-K scratch for every product shape of a decode step at `slots` rows.
+  void reserveSkinnyWorkspace(int64_t slots) {
+    const int64_t H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
+    const int64_t qDim = cfg_.numHeads * cfg_.headDim, qkvDim = qDim + 2 * cfg_.numKvHeads * cfg_.headDim;
+    const int64_t shapes[][2] = {{3 * H, H}, {H, H}, {qkvDim, H}, {H, qDim}, {2 * I, H}, {H, I}, {V, H}};
+    size_t need = 0;
+    const int M = int(slots);
+    for (const auto& nk : shapes)
+      if (cuda::skinnyGemmSupported(M, int(nk[0]), int(nk[1])))
+        need = std::max(need, cuda::skinnyGemmWorkspaceBytes(M, int(nk[0]), int(nk[1])));
+    skinnyWorkspace_.ensure(need);
+  }
+
   void sampleStep(const cuda::SamplerParams& params) {
     DecodeState& d = dec_;
     cuda::sampleTokens(d.logits, int(cfg_.vocabSize), d.lengths(), d.allowedBegin(), d.allowedCount(),
@@ -755,18 +784,15 @@ class CudaEngine final : public Engine {
                                    d.rstd, S, int(H), eps, stream_);
       mark("rmsnorm");
       if (cfg_.layerTypes[l] == LayerKind::Conv) {
-        gemm_->run(false, true, int(S), int(3 * H), int(H), 1.f, d.normed, H, W + lo.inProj, H, 0.f, d.proj,
-                   OutType::BF16, 3 * H, stream_);
+        decodeGemm(int(3 * H), int(H), d.normed, H, W + lo.inProj, d.proj, OutType::BF16, 3 * H);
         mark("gemm in_proj");
         cuda::shortConvDecode(d.proj, W + lo.convWeight, d.convState[l], d.lengths(), d.y, int(S), int(H),
                               stream_);
         mark("short conv");
-        gemm_->run(false, true, int(S), int(H), int(H), 1.f, d.y, H, W + lo.outProj, H, 0.f, d.delta,
-                   OutType::BF16, H, stream_);
+        decodeGemm(int(H), int(H), d.y, H, W + lo.outProj, d.delta, OutType::BF16, H);
         mark("gemm conv out_proj");
       } else {
-        gemm_->run(false, true, int(S), int(qkvDim), int(H), 1.f, d.normed, H, W + lo.q, H, 0.f, d.qkv,
-                   OutType::BF16, qkvDim, stream_);
+        decodeGemm(int(qkvDim), int(H), d.normed, H, W + lo.q, d.qkv, OutType::BF16, qkvDim);
         mark("gemm qkv");
         cuda::headNormRopeForward(d.qkv, qkvDim, d.qk, qkDim, W + lo.qNorm, d.positions(), d.rstdQ, S,
                                   int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
@@ -779,27 +805,23 @@ class CudaEngine final : public Engine {
         cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, d.attnWorkspace, int(S),
                               int(d.maxLen), int(nh), int(nkv), int(hd), stream_);
         mark("attention");
-        gemm_->run(false, true, int(S), int(H), int(qDim), 1.f, d.attn, qDim, W + lo.o, qDim, 0.f, d.delta,
-                   OutType::BF16, H, stream_);
+        decodeGemm(int(H), int(qDim), d.attn, qDim, W + lo.o, d.delta, OutType::BF16, H);
         mark("gemm o_proj");
       }
       cuda::residualRmsNormForward(d.x, d.delta, d.x, W + lo.ffnNorm, d.normed, d.rstd, S, int(H), eps,
                                    stream_);
       mark("rmsnorm");
-      gemm_->run(false, true, int(S), int(2 * I), int(H), 1.f, d.normed, H, W + lo.w1, H, 0.f, d.gateUp,
-                 OutType::BF16, 2 * I, stream_);
+      decodeGemm(int(2 * I), int(H), d.normed, H, W + lo.w1, d.gateUp, OutType::BF16, 2 * I);
       mark("gemm w1|w3");
       cuda::swigluForward(d.gateUp, d.act, S, int(I), stream_);
       mark("swiglu");
-      gemm_->run(false, true, int(S), int(H), int(I), 1.f, d.act, I, W + lo.w2, I, 0.f, d.delta,
-                 OutType::BF16, H, stream_);
+      decodeGemm(int(H), int(I), d.act, I, W + lo.w2, d.delta, OutType::BF16, H);
       mark("gemm w2");
     }
     cuda::residualRmsNormForward(d.x, d.delta, d.x, W + finalNorm_, d.xFinal, d.rstd, S, int(H), eps,
                                  stream_);
     mark("rmsnorm");
-    gemm_->run(false, true, int(S), int(V), int(H), 1.f, d.xFinal, H, W + lmHead_, H, 0.f, d.logits,
-               OutType::F32, V, stream_);
+    decodeGemm(int(V), int(H), d.xFinal, H, W + lmHead_, d.logits, OutType::F32, V);
     mark("gemm lm_head");
     sampleStep(params);
     mark("sample");
@@ -1179,6 +1201,7 @@ class CudaEngine final : public Engine {
 
   static constexpr int64_t kLogitChunkRows = 2048;  // [2048 x 65536] fp32 logits = 512 MiB at a time
   static constexpr int64_t kPrefillTokens = 16384;  // padded tokens per prefill forward
+  static constexpr int kSkinnyRows = 64;             // decode rows up to which the skinny product is used
 
   ModelConfig cfg_;
   int threads_;
@@ -1206,6 +1229,8 @@ class CudaEngine final : public Engine {
   PrefillTarget prefillTarget_;
   std::unique_ptr<DecodeProfiler> profiler_;
   const bf16* decodeWeights_ = nullptr;
+  bool useSkinny_ = true;
+  DeviceBuffer skinnyWorkspace_;
   // LoRA (enableLora): the plan, adapter arenas (fp32 master + bf16 copy, gradients, moments), how the current
   // pass applies them, and the merged weights for sampling.
   bool lora_ = false;
@@ -1243,6 +1268,7 @@ class CudaDecodeSlots final : public DecodeSlots {
     graph_ = std::make_unique<CudaEngine::GraphGuard>();  // the old one points into the old arena
     graphReady_ = false;
     e_.prepareDecode(slots, maxLen, allowedCapacity, penalty_);
+    e_.reserveSkinnyWorkspace(slots);
     WG_CUDA_CHECK(cudaMemsetAsync(e_.dec_.tokens, 0, slots * sizeof(int32_t), e_.stream_));
     slots_ = slots;
   }
