@@ -687,6 +687,201 @@ void checkDecode(Rng& rng, int slots, int maxLen, int H, int nh, int nkv, int V,
   }
 }
 
+// ---- attention over the KV cache (decode), against cpu::attention_decode -------------------------------------
+// Inputs: q with a per-slot scale (flat and peaked softmaxes), k, v ~ N(0, 1); for kv head 0 the keys at each
+// slot's first and last position point along its first query head (score ~6 above the rest), so a lost or
+// duplicated boundary key shows. q and out rows are strided (qStride, outStride > qDim) as in the engine.
+struct DecodeAttnInputs {
+  int slots, maxLen, nh, nkv, qStride, outStride;
+  std::vector<float> q, k, v;
+};
+
+DecodeAttnInputs makeDecodeAttnInputs(Rng& rng, int slots, int maxLen, int nh, int nkv,
+                                      const std::vector<int32_t>& spikeLengths) {
+  const int hd = 64, qDim = nh * hd, kvDim = nkv * hd;
+  DecodeAttnInputs in{slots, maxLen, nh, nkv, qDim + 32, qDim + 64, {}, {}, {}};
+  in.q.assign(size_t(slots) * in.qStride, 0.f);
+  for (int s = 0; s < slots; ++s) {
+    const float scale = s % 3 == 0 ? 2.5f : (s % 3 == 1 ? 1.f : 0.5f);
+    for (int i = 0; i < in.qStride; ++i) in.q[size_t(s) * in.qStride + i] = roundBf16(scale * rng.normal());
+  }
+  in.k = randomValues(rng, size_t(slots) * maxLen * kvDim, 1.f);
+  in.v = randomValues(rng, size_t(slots) * maxLen * kvDim, 1.f);
+  for (int s = 0; s < slots; ++s) {
+    const int len = spikeLengths[s];
+    if (len <= 0) continue;
+    const float* q0 = in.q.data() + size_t(s) * in.qStride;  // query head 0 (kv head 0)
+    double qq = 0;
+    for (int d = 0; d < hd; ++d) qq += double(q0[d]) * q0[d];
+    const float c = float(6.0 * std::sqrt(double(hd)) / std::max(qq, 1e-6));  // q0.k / sqrt(hd) = 6
+    for (int pos : {0, len - 1})
+      for (int d = 0; d < hd; ++d) in.k[(size_t(s) * maxLen + pos) * kvDim + d] = roundBf16(c * q0[d]);
+  }
+  return in;
+}
+
+// Dense [slots, qDim] reference (0 for inactive slots).
+std::vector<float> decodeAttnReference(const DecodeAttnInputs& in, const std::vector<int32_t>& lengths) {
+  const int hd = 64, qDim = in.nh * hd, kvDim = in.nkv * hd;
+  std::vector<float> ref(size_t(in.slots) * qDim, 0.f);
+  for (int s = 0; s < in.slots; ++s)
+    if (lengths[s] > 0)
+      cpu::attention_decode(ref.data() + size_t(s) * qDim, in.q.data() + size_t(s) * in.qStride,
+                            in.k.data() + size_t(s) * in.maxLen * kvDim, in.v.data() + size_t(s) * in.maxLen * kvDim,
+                            lengths[s], in.nh, in.nkv, hd);
+  return ref;
+}
+
+// Worst |gpu - ref| / (|ref| + rms of ref's 64-dim head row), per element; inactive rows (all 0) must be
+// exactly 0; NaN anywhere fails.
+double worstElementError(const std::vector<float>& gpu, const std::vector<float>& ref) {
+  if (gpu.size() != ref.size()) return INFINITY;
+  double worst = 0;
+  for (size_t r = 0; r < ref.size(); r += 64) {
+    double ss = 0;
+    for (size_t i = r; i < r + 64; ++i) ss += double(ref[i]) * ref[i];
+    const double rms = std::sqrt(ss / 64);
+    for (size_t i = r; i < r + 64; ++i) {
+      if (!std::isfinite(gpu[i])) return NAN;
+      const double d = std::fabs(double(gpu[i]) - ref[i]);
+      if (d == 0) continue;
+      const double bound = std::fabs(double(ref[i])) + rms;
+      worst = std::max(worst, bound > 0 ? d / bound : INFINITY);
+    }
+  }
+  return worst;
+}
+
+struct DecodeAttnDevice {
+  DeviceArray<bf16> q, k, v, out;
+  DeviceArray<int32_t> lengths;
+  DeviceArray<float> work;
+  DecodeAttnDevice(const DecodeAttnInputs& in)
+      : q(in.q.size()), k(in.k.size()), v(in.v.size()), out(size_t(in.slots) * in.outStride), lengths(in.slots),
+        work(size_t(std::max<int64_t>(1, cuda::attentionDecodeWorkspace(in.slots, in.maxLen, in.nh)))) {
+    upload(q, in.q);
+    upload(k, in.k);
+    upload(v, in.v);
+  }
+  void run(const DecodeAttnInputs& in, const cuda::AttentionDecodeConfig& config, cudaStream_t stream) {
+    cuda::attentionDecode(q, in.qStride, k, v, lengths, out, in.outStride, work, in.slots, in.maxLen, in.nh, in.nkv,
+                          64, stream, config);
+  }
+  // Dense [slots, qDim] from the strided output; *padWritten counts pad elements that lost their NaN poison.
+  std::vector<float> result(const DecodeAttnInputs& in, int* padWritten) const {
+    const auto all = download(out);
+    const int qDim = in.nh * 64;
+    std::vector<float> dense(size_t(in.slots) * qDim);
+    *padWritten = 0;
+    for (int s = 0; s < in.slots; ++s)
+      for (int i = 0; i < in.outStride; ++i) {
+        const float x = all[size_t(s) * in.outStride + i];
+        if (i < qDim) dense[size_t(s) * qDim + i] = x;
+        else *padWritten += !std::isnan(x);
+      }
+    return dense;
+  }
+};
+
+void recordDecodeAttn(const std::string& name, const std::vector<float>& got, const std::vector<float>& ref,
+                      int padWritten) {
+  record(name, relError(got, ref), kTolBf16);
+  record(name + " (per element)", worstElementError(got, ref), 1e-2);
+  record(name + " (row pads untouched)", double(padWritten), 0.0);
+}
+
+// One launch on fresh inputs (output and workspace poisoned), then the same again: must be bit-identical.
+void checkDecodeAttentionCase(Rng& rng, const std::string& label, int nh, int nkv, int maxLen,
+                              const std::vector<int32_t>& lengths, const cuda::AttentionDecodeConfig& config = {}) {
+  const int slots = int(lengths.size());
+  const DecodeAttnInputs in = makeDecodeAttnInputs(rng, slots, maxLen, nh, nkv, lengths);
+  const auto ref = decodeAttnReference(in, lengths);
+  DecodeAttnDevice dev(in);
+  upload(dev.lengths, lengths);
+  poison(dev.out);
+  poison(dev.work);
+  dev.run(in, config, nullptr);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  CHECK_CUDA(cudaGetLastError());
+  int pad = 0;
+  const auto got = dev.result(in, &pad);
+  const std::string name = "attention decode " + label;
+  recordDecodeAttn(name, got, ref, pad);
+  poison(dev.out);
+  poison(dev.work);
+  dev.run(in, config, nullptr);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const auto again = dev.result(in, &pad);
+  record(name + " (repeat bit-identical)",
+         std::memcmp(got.data(), again.data(), got.size() * sizeof(float)) == 0 ? 0.0 : 1.0, 0.0);
+}
+
+// Captured once into a graph with one set of lengths, replayed after lengths[] changed on the device (slots
+// growing past split boundaries, joining, leaving): the replay must follow the new lengths.
+void checkDecodeAttentionGraph(Rng& rng, int nh, int nkv) {
+  const int maxLen = 2100;
+  const std::vector<int32_t> a = {1, 63, 64, 577, 0, 1024, 2049, 300};
+  const std::vector<int32_t> b = {2, 64, 65, 1025, 129, 0, 2100, 33};
+  std::vector<int32_t> spikes(a.size());
+  for (size_t i = 0; i < a.size(); ++i) spikes[i] = std::max(a[i], b[i]);
+  const DecodeAttnInputs in = makeDecodeAttnInputs(rng, int(a.size()), maxLen, nh, nkv, spikes);
+  DecodeAttnDevice dev(in);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  upload(dev.lengths, a);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  dev.run(in, cuda::AttentionDecodeConfig{}, stream);
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (const auto* lengths : {&a, &b, &a}) {
+    upload(dev.lengths, *lengths);
+    poison(dev.out);
+    poison(dev.work);
+    CHECK_CUDA(cudaDeviceSynchronize());  // the poison runs on the legacy stream, the graph on a non-blocking one
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaGetLastError());
+    int pad = 0;
+    const auto got = dev.result(in, &pad);
+    recordDecodeAttn(std::string("attention decode graph replay, lengths ") + (lengths == &a ? "A" : "B"), got,
+                     decodeAttnReference(in, *lengths), pad);
+  }
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
+void checkDecodeAttention(Rng& rng) {
+  // LFM2-350M heads (group 2). A few slots: several splits per slot (the SM-covering rule); one slot: many.
+  const std::vector<int32_t> edge = {1, 63, 64, 65, 577, 2049, 0, 1000, 2056};
+  checkDecodeAttentionCase(rng, "G2 lengths 1..2049 + inactive", 16, 8, 2056, edge);
+  checkDecodeAttentionCase(rng, "G2 1 x 577", 16, 8, 577, {577});
+  checkDecodeAttentionCase(rng, "G2 1 x 1 (maxLen 600)", 16, 8, 600, {1});
+  // 64 slots: one split per slot up to maxSplitKeys, more beyond (2049 -> 3).
+  std::vector<int32_t> many(64);
+  for (int s = 0; s < 64; ++s) many[s] = s < int(edge.size()) ? edge[s] : 1 + int(rng.next() % 2049);
+  many[63] = 0;
+  checkDecodeAttentionCase(rng, "G2 64 slots up to 2049", 16, 8, 2056, many);
+  // Other split rules (the workspace bound covers every accepted config).
+  cuda::AttentionDecodeConfig small;
+  small.maxSplitKeys = 1;      // clamped to 256
+  small.targetBlocks = 4096;   // clamped to 1024
+  checkDecodeAttentionCase(rng, "G2 lengths 1..2049, 256-key splits", 16, 8, 2056, edge, small);
+  cuda::AttentionDecodeConfig big;
+  big.maxSplitKeys = 4096;
+  big.targetBlocks = 1;
+  big.pdl = false;
+  checkDecodeAttentionCase(rng, "G2 lengths 1..2049, one split, no PDL", 16, 8, 2056, edge, big);
+  // Other group sizes: 1, 4, 16 (two blocks of 8 heads per kv head), 3 (LFM2-like odd configs).
+  checkDecodeAttentionCase(rng, "G1 (8 heads, 8 kv)", 8, 8, 2049, {1, 65, 577, 0, 2049});
+  checkDecodeAttentionCase(rng, "G4 (16 heads, 4 kv)", 16, 4, 2049, {64, 577, 2049, 0});
+  checkDecodeAttentionCase(rng, "G16 (16 heads, 1 kv)", 16, 1, 700, {65, 577, 0, 700});
+  checkDecodeAttentionCase(rng, "G3 (6 heads, 2 kv)", 6, 2, 1100, {1, 63, 1100});
+  checkDecodeAttentionGraph(rng, 16, 8);
+}
+
 double medianMs(const std::function<void()>& fn, int reps = 20) {
   for (int i = 0; i < 3; ++i) fn();
   CHECK_CUDA(cudaDeviceSynchronize());
@@ -726,6 +921,102 @@ void fillRandom(DeviceArray<T>& d, Rng& rng, float scale) {
   std::vector<float> h(d.n);
   for (auto& x : h) x = scale * rng.normal();
   upload(d, h);
+}
+
+// Attention over the cache at LFM2-350M heads (16 q, 8 kv), every slot at `len` cached keys. K and V sets are
+// rotated (at least ~256 MB in all, past the L2) so that each call reads from device memory. Timed twice: as
+// plain launches (event-timed, launch latency included) and as replays of a graph of back-to-back calls, as the
+// engine runs it (per-call time). The floor: K and V bytes once.
+void fillRepeated(DeviceArray<bf16>& d, Rng& rng, float scale) {
+  const size_t block = std::min<size_t>(d.n, size_t(1) << 22);
+  std::vector<float> h(block);
+  for (auto& x : h) x = scale * rng.normal();
+  std::vector<bf16> tmp(block);
+  for (size_t i = 0; i < block; ++i) tmp[i] = __float2bfloat16_rn(h[i]);
+  CHECK_CUDA(cudaMemcpy(d.ptr, tmp.data(), block * sizeof(bf16), cudaMemcpyHostToDevice));
+  for (size_t at = block; at < d.n; at += block)
+    CHECK_CUDA(cudaMemcpy(d.ptr + at, d.ptr, std::min(block, d.n - at) * sizeof(bf16), cudaMemcpyDeviceToDevice));
+}
+
+void timeDecodeAttention(Rng& rng, int slots, int len, const std::vector<cuda::AttentionDecodeConfig>& configs,
+                         const std::vector<std::string>& configNames) {
+  const int nh = 16, nkv = 8, hd = 64, kvDim = nkv * hd;
+  const size_t setElems = size_t(slots) * len * kvDim;
+  const double setBytes = 2.0 * setElems * sizeof(bf16);
+  const int sets = int(std::min(64.0, std::max(2.0, std::ceil(256e6 / setBytes))));
+  DeviceArray<bf16> q(size_t(slots) * nh * hd), k(setElems * sets), v(setElems * sets), out(q.n);
+  DeviceArray<int32_t> lengths(slots);
+  DeviceArray<float> work(size_t(cuda::attentionDecodeWorkspace(slots, len, nh)));
+  fillRandom(q, rng, 1.f);
+  fillRepeated(k, rng, 1.f);
+  fillRepeated(v, rng, 1.f);
+  upload(lengths, std::vector<int32_t>(slots, len));
+  CHECK_CUDA(cudaDeviceSynchronize());  // device-to-device copies return early; the graph runs on another stream
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  char shape[64];
+  std::snprintf(shape, sizeof shape, "attn decode %d x %d", slots, len);
+  for (size_t c = 0; c < configs.size(); ++c) {
+    const auto& config = configs[c];
+    int turn = 0;
+    auto call = [&](cudaStream_t st) {
+      const size_t at = size_t(turn++ % sets) * setElems;
+      cuda::attentionDecode(q, nh * hd, k.ptr + at, v.ptr + at, lengths, out, nh * hd, work, slots, len, nh, nkv, hd,
+                            st, config);
+    };
+    if (c == 0) {
+      const double ms = medianMs([&] { call(nullptr); }, 50);
+      addTiming(std::string(shape) + " " + configNames[c] + " stream", ms, setBytes, 0);
+    }
+    const int calls = std::max(sets, 16);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < calls; ++i) call(stream);
+    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t a, b;
+    CHECK_CUDA(cudaEventCreate(&a));
+    CHECK_CUDA(cudaEventCreate(&b));
+    std::vector<float> times;
+    for (int r = 0; r < 13; ++r) {
+      CHECK_CUDA(cudaEventRecord(a, stream));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      CHECK_CUDA(cudaEventRecord(b, stream));
+      CHECK_CUDA(cudaEventSynchronize(b));
+      float ms = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+      if (r >= 3) times.push_back(ms / calls);  // the first replays warm up
+    }
+    CHECK_CUDA(cudaGetLastError());
+    std::sort(times.begin(), times.end());
+    addTiming(std::string(shape) + " " + configNames[c] + " graph", times[times.size() / 2], setBytes, 0);
+    CHECK_CUDA(cudaEventDestroy(a));
+    CHECK_CUDA(cudaEventDestroy(b));
+    CHECK_CUDA(cudaGraphExecDestroy(exec));
+    CHECK_CUDA(cudaGraphDestroy(graph));
+  }
+  CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
+void timeDecodeAttention(Rng& rng) {
+  auto withKeys = [](int keys) {
+    cuda::AttentionDecodeConfig c;
+    c.maxSplitKeys = keys;
+    return c;
+  };
+  auto withTarget = [](int blocks) {
+    cuda::AttentionDecodeConfig c;
+    c.targetBlocks = blocks;
+    return c;
+  };
+  cuda::AttentionDecodeConfig noPdl;
+  noPdl.pdl = false;
+  timeDecodeAttention(rng, 1, 576, {{}, withTarget(132), withTarget(64), noPdl},
+                      {"default", "target 132", "target 64", "no PDL"});
+  timeDecodeAttention(rng, 64, 576, {{}, withKeys(256), withKeys(512)}, {"default", "split 256", "split 512"});
+  timeDecodeAttention(rng, 64, 2048, {{}, withKeys(512), withKeys(2048), noPdl},
+                      {"default", "split 512", "split 2048", "no PDL"});
 }
 
 void runTimings(Rng& rng, cuda::Gemm& gemm) {
@@ -886,27 +1177,21 @@ void runTimings(Rng& rng, cuda::Gemm& gemm) {
     ms = medianMs([&] { cuda::sumSquares(g, n, partials, sum, nullptr); }, 10);
     addTiming("grad sum of squares (354M)", ms, n * f4, 0);
   }
-  // Decode step pieces at 64 sequences with 576 cached tokens (512-token prompts plus 64 new ones).
+  // Attention over the cache: batch 1 and 64 at 576 cached tokens (512-token prompts plus 64 new ones), 64 x 2048.
+  timeDecodeAttention(rng);
+  // Sampling at 64 sequences with 576 cached tokens.
   {
-    const int slots = 64, len = 576, nh = 16, nkv = 8, hd = 64, V = 65536;
-    DeviceArray<bf16> q(size_t(slots) * nh * hd), k(size_t(slots) * len * nkv * hd), v(k.n), out(q.n);
+    const int slots = 64, len = 576, V = 65536;
     DeviceArray<int32_t> lengths(slots), begin(slots), count(slots), tok(slots), status(slots), allowed(1);
-    DeviceArray<float> work(size_t(cuda::attentionDecodeWorkspace(slots, len, nh))), logits(size_t(slots) * V), lp(slots);
+    DeviceArray<float> logits(size_t(slots) * V), lp(slots);
     DeviceArray<uint64_t> rngs(slots);
-    fillRandom(q, rng, 1.f);
-    fillRandom(k, rng, 1.f);
-    fillRandom(v, rng, 1.f);
     fillRandom(logits, rng, 3.f);
     upload(lengths, std::vector<int32_t>(slots, len));
     upload(begin, std::vector<int32_t>(slots, 0));
     upload(count, std::vector<int32_t>(slots, -1));
     upload(rngs, std::vector<uint64_t>(slots, 7));
-    double ms = medianMs([&] {
-      cuda::attentionDecode(q, nh * hd, k, v, lengths, out, nh * hd, work, slots, len, nh, nkv, hd, nullptr);
-    });
-    addTiming("attention decode (64 seqs x 576 cached)", ms, double(k.n) * 2 * 2, 0);
     cuda::SamplerParams params;
-    ms = medianMs([&] {
+    double ms = medianMs([&] {
       cuda::sampleTokens(logits, V, lengths, begin, count, allowed, nullptr, rngs, params, tok, lp, status, slots,
                          nullptr);
     });
@@ -937,7 +1222,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--seed") && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else {
-      std::fprintf(stderr, "usage: check_kernels [--no-timing] [--seed N] [--only attention]\n");
+      std::fprintf(stderr, "usage: check_kernels [--no-timing] [--seed N] [--only attention|attention-decode]\n");
       return 2;
     }
   }
@@ -983,6 +1268,7 @@ int main(int argc, char** argv) {
     checkDecode(rng, 5, 150, 256, 4, 2, 1000, "small");
     checkDecode(rng, 33, 600, 1024, 16, 8, 65536, "350M");
   }
+  if (all || only == "attention-decode") checkDecodeAttention(rng);
   if (checks.empty()) {
     std::fprintf(stderr, "no checks match --only %s\n", only.c_str());
     return 2;

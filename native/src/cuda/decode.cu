@@ -97,110 +97,272 @@ __global__ void kvCacheAppendKernel(const bf16* __restrict__ k, int64_t kStride,
   }
 }
 
+// ---- single-query attention over the cache (flash-decoding) ------------------------------------------------
+// Block per (group of G query heads sharing a kv head, slot, split of the slot's keys), 4 warps. A 64-wide bf16
+// key row is 128 B = 8 lanes x 16 B, so a warp load instruction covers 4 keys; each lane loads kAttnKeysPerLane
+// K and V rows per step (16 consecutive keys per warp step, 64 per block step), with the next step's rows
+// prefetched into registers while the current ones are scored. q lives in registers (pre-scaled by
+// scale*log2(e), so scores are in the exp2 domain); a score is the 8-lane sum of 8-dim partial dots (3 xor
+// shuffles); every 8-lane row group keeps its own online softmax (running max, sum, 8 unnormalised output dims
+// per head), merged at the end across row groups (shuffles) and warps (shared memory) in a fixed order: the
+// result does not depend on timing (no atomics). One split: the block writes the normalised bf16 output; more:
+// it writes (64 unnormalised outputs, max, sum) to the workspace and attentionDecodeCombineKernel merges them.
+// Splits come from lengths[s] at run time (graph replays with changing lengths): see planSplits.
 constexpr int kHeadDim = 64;
-constexpr int kDecodeThreads = 128;
-constexpr int kKeysPerBlock = 64;            // flash-decoding split: each block scores this many cached keys
+constexpr int kAttnThreads = 128;
+constexpr int kAttnWarps = kAttnThreads / 32;
+constexpr int kAttnRowsPerLoad = 4;                                   // keys per warp load instruction
+constexpr int kAttnKeysPerLane = 4;                                   // load instructions per lane per step
+constexpr int kAttnWarpKeys = kAttnRowsPerLoad * kAttnKeysPerLane;    // 16 consecutive keys per warp step
+constexpr int kAttnBlockKeys = kAttnWarpKeys * kAttnWarps;            // 64 keys per block step
+constexpr int kAttnMinSplitKeys = 32;       // splits made to cover the SMs get at least this many keys
+constexpr int kAttnMinMaxSplitKeys = 256;   // lower clamp of AttentionDecodeConfig::maxSplitKeys
+constexpr int kAttnMaxTargetBlocks = 1024;  // upper clamp of AttentionDecodeConfig::targetBlocks
 constexpr int kPartialStride = kHeadDim + 2;  // per (slot, head, split): 64 unnormalised outputs, max, sum
+constexpr float kAttnInitMax = -1e30f;        // finite: exp2(kAttnInitMax - kAttnInitMax) = 1, never NaN
 
+struct SplitPlan {
+  int count, chunk;  // splits [0, count) hold keys [i*chunk, min(len, (i+1)*chunk))
+};
 
-// Block per (kv head, slot, split of kKeysPerBlock keys): the `group` query heads that share the kv head read
-// those keys and values once. A thread per key scores it, a warp per head takes the softmax over the split, a
-// thread per (head, dim) sums the values (coalesced rows); the split's max, sum and unnormalised output go to
-// `partial` for attentionDecodeCombineKernel.
-__global__ void __launch_bounds__(kDecodeThreads)
-attentionDecodePartialKernel(const bf16* __restrict__ q, int64_t qStride, const bf16* __restrict__ kCache,
-                             const bf16* __restrict__ vCache, const int32_t* __restrict__ lengths,
-                             float* __restrict__ partial, int maxSplits, int maxLen, int numHeads, int numKvHeads,
-                             float scale) {
-  extern __shared__ float smem[];
-  const int kvh = blockIdx.x, s = blockIdx.y, split = blockIdx.z;
-  const int len = lengths[s], begin = split * kKeysPerBlock;
-  if (len <= 0 || begin >= len) return;
-  const int n = min(kKeysPerBlock, len - begin);
-  const int group = numHeads / numKvHeads, kvDim = numKvHeads * kHeadDim;
-  float* qs = smem;                                   // [group][64]
-  float* p = smem + group * kHeadDim;                 // [group][kKeysPerBlock]
-  const bf16* qRow = q + int64_t(s) * qStride + int64_t(kvh) * group * kHeadDim;
-  for (int i = threadIdx.x; i < group * kHeadDim; i += blockDim.x) qs[i] = toFloat(qRow[i]) * scale;
-  __syncthreads();
-  const bf16* kBase = kCache + (int64_t(s) * maxLen + begin) * kvDim + kvh * kHeadDim;
-  const bf16* vBase = vCache + (int64_t(s) * maxLen + begin) * kvDim + kvh * kHeadDim;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    float key[kHeadDim];
-    const uint4* src = reinterpret_cast<const uint4*>(kBase + int64_t(j) * kvDim);
+__host__ __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+
+// Nominal split count for a slot of `len` keys: at most maxSplitKeys keys per split, and at least minSplits
+// splits (chosen on the host so that slots x head blocks x minSplits covers the GPU) of at least
+// kAttnMinSplitKeys keys. Non-decreasing in len, so the value at maxLen bounds the grid.
+__host__ __device__ __forceinline__ int nominalSplits(int len, int minSplits, int maxSplitKeys) {
+  const int byMax = (len + maxSplitKeys - 1) / maxSplitKeys;
+  const int byMin = imin(minSplits, (len + kAttnMinSplitKeys - 1) / kAttnMinSplitKeys);
+  return imax(1, imax(byMax, byMin));
+}
+
+// Chunks are whole warp steps (16 keys); rounding up may leave fewer splits than nominal (never more).
+__host__ __device__ __forceinline__ SplitPlan planSplits(int len, int minSplits, int maxSplitKeys) {
+  const int n = nominalSplits(len, minSplits, maxSplitKeys);
+  int chunk = (len + n - 1) / n;
+  chunk = (chunk + kAttnWarpKeys - 1) / kAttnWarpKeys * kAttnWarpKeys;
+  return {(len + chunk - 1) / chunk, chunk};
+}
+
+__device__ __forceinline__ uint4 loadStreaming16(const bf16* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float fastExp2(float x) {  // exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ void unpackBf16x8(const uint4& v, float (&f)[8]) {
+  f[0] = __uint_as_float(v.x << 16), f[1] = __uint_as_float(v.x & 0xffff0000u);
+  f[2] = __uint_as_float(v.y << 16), f[3] = __uint_as_float(v.y & 0xffff0000u);
+  f[4] = __uint_as_float(v.z << 16), f[5] = __uint_as_float(v.z & 0xffff0000u);
+  f[6] = __uint_as_float(v.w << 16), f[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+// This lane's K and V rows of one warp step (keys first + u*4 + row); rows at or past `end` read as zeros.
+__device__ __forceinline__ void loadAttnStep(const bf16* kp, const bf16* vp, int64_t kvDim, int first, int end,
+                                             int row, uint4 (&kr)[kAttnKeysPerLane], uint4 (&vr)[kAttnKeysPerLane]) {
 #pragma unroll
-    for (int w = 0; w < kHeadDim / 8; ++w) {
-      const uint4 packed = src[w];
-      const bf16* parts = reinterpret_cast<const bf16*>(&packed);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) key[w * 8 + e] = toFloat(parts[e]);
+  for (int u = 0; u < kAttnKeysPerLane; ++u) {
+    const int key = first + u * kAttnRowsPerLoad + row;
+    if (key < end) {
+      kr[u] = loadStreaming16(kp + int64_t(key) * kvDim);
+      vr[u] = loadStreaming16(vp + int64_t(key) * kvDim);
+    } else {
+      kr[u] = make_uint4(0u, 0u, 0u, 0u);
+      vr[u] = make_uint4(0u, 0u, 0u, 0u);
     }
-    for (int g = 0; g < group; ++g) {
-      float dot = 0.f;
-#pragma unroll
-      for (int d = 0; d < kHeadDim; ++d) dot += qs[g * kHeadDim + d] * key[d];
-      p[g * kKeysPerBlock + j] = dot;
-    }
-  }
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  float* out = partial + ((int64_t(s) * numHeads + int64_t(kvh) * group) * maxSplits + split) * kPartialStride;
-  for (int g = warp; g < group; g += warps) {
-    float m = -FLT_MAX;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, p[g * kKeysPerBlock + j]);
-    m = warpMax(m);
-    float l = 0.f;
-    for (int j = lane; j < n; j += 32) {
-      const float e = expf(p[g * kKeysPerBlock + j] - m);
-      p[g * kKeysPerBlock + j] = e;
-      l += e;
-    }
-    l = warpSum(l);
-    if (lane == 0) {
-      float* o = out + int64_t(g) * maxSplits * kPartialStride;
-      o[kHeadDim] = m;
-      o[kHeadDim + 1] = l;
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < group * kHeadDim; i += blockDim.x) {
-    const int g = i / kHeadDim, d = i % kHeadDim;
-    const float* w = p + g * kKeysPerBlock;
-    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
-    int j = 0;
-    for (; j + 4 <= n; j += 4) {
-      acc0 += w[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
-      acc1 += w[j + 1] * toFloat(vBase[int64_t(j + 1) * kvDim + d]);
-      acc2 += w[j + 2] * toFloat(vBase[int64_t(j + 2) * kvDim + d]);
-      acc3 += w[j + 3] * toFloat(vBase[int64_t(j + 3) * kvDim + d]);
-    }
-    for (; j < n; ++j) acc0 += w[j] * toFloat(vBase[int64_t(j) * kvDim + d]);
-    out[int64_t(g) * maxSplits * kPartialStride + d] = (acc0 + acc1) + (acc2 + acc3);
   }
 }
 
-// Block per (head, slot), a thread per dim: merges the splits' partial softmaxes.
-__global__ void attentionDecodeCombineKernel(const float* __restrict__ partial, const int32_t* __restrict__ lengths,
-                                             bf16* __restrict__ out, int64_t outStride, int numHeads, int maxSplits) {
-  const int h = blockIdx.x, s = blockIdx.y, d = threadIdx.x;
-  const int len = lengths[s];
-  bf16* dst = out + int64_t(s) * outStride + int64_t(h) * kHeadDim;
+template <int G>
+__global__ void __launch_bounds__(kAttnThreads, G <= 2 ? 4 : (G <= 4 ? 2 : 1))
+attentionDecodePartialKernel(const bf16* __restrict__ q, int64_t qStride, const bf16* __restrict__ kCache,
+                             const bf16* __restrict__ vCache, const int32_t* __restrict__ lengths,
+                             bf16* __restrict__ out, int64_t outStride, float* __restrict__ partial, int gridSplits,
+                             int minSplits, int maxSplitKeys, int maxLen, int numHeads, int numKvHeads,
+                             float scaleLog2) {
+  __shared__ float sMax[kAttnWarps][G], sSum[kAttnWarps][G];
+  __shared__ __align__(16) float sAcc[kAttnWarps][G][kHeadDim];
+  // Lets the combine kernel (launched with programmatic stream serialisation) get its blocks resident once
+  // every block of this grid has started; it still waits for this grid's completion before reading.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int s = blockIdx.y, split = blockIdx.z, head0 = blockIdx.x * G;
+  const int kvh = head0 / (numHeads / numKvHeads);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = lane >> 3, part = lane & 7;
+  // q first (independent of the length, so its latency overlaps the lengths load).
+  bf16 qRaw[G][8];
+  {
+    const bf16* qRow = q + int64_t(s) * qStride + int64_t(head0) * kHeadDim + part * 8;
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qRaw[g][e] = qRow[g * kHeadDim + e];
+  }
+  const int len = imin(lengths[s], maxLen);
+  bf16* dst = out + int64_t(s) * outStride + int64_t(head0) * kHeadDim;
   if (len <= 0) {
-    dst[d] = toBf16(0.f);
+    if (split == 0)
+      for (int i = threadIdx.x; i < G * kHeadDim; i += kAttnThreads) dst[i] = toBf16(0.f);
     return;
   }
-  const int splits = (len + kKeysPerBlock - 1) / kKeysPerBlock;
-  const float* base = partial + (int64_t(s) * numHeads + h) * maxSplits * kPartialStride;
-  float m = -FLT_MAX;
-  for (int i = 0; i < splits; ++i) m = fmaxf(m, base[i * kPartialStride + kHeadDim]);
-  float l = 0.f, acc = 0.f;
-  for (int i = 0; i < splits; ++i) {
-    const float* part = base + i * kPartialStride;
-    const float w = expf(part[kHeadDim] - m);
-    l += w * part[kHeadDim + 1];
-    acc += w * part[d];
+  const SplitPlan plan = planSplits(len, minSplits, maxSplitKeys);
+  if (split >= plan.count) return;
+  const int begin = split * plan.chunk, end = imin(len, begin + plan.chunk);
+  const int64_t kvDim = int64_t(numKvHeads) * kHeadDim;
+  const int64_t base = int64_t(s) * maxLen * kvDim + int64_t(kvh) * kHeadDim + part * 8;
+  const bf16* kp = kCache + base;
+  const bf16* vp = vCache + base;
+
+  int first = begin + warp * kAttnWarpKeys;
+  uint4 kr[kAttnKeysPerLane], vr[kAttnKeysPerLane];
+  loadAttnStep(kp, vp, kvDim, first, end, row, kr, vr);
+
+  float qr[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qr[g][e] = toFloat(qRaw[g][e]) * scaleLog2;
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = kAttnInitMax;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
   }
-  dst[d] = toBf16(acc / l);
+
+#pragma unroll 1
+  for (; first < end; first += kAttnBlockKeys) {  // warp-uniform condition
+    uint4 kn[kAttnKeysPerLane], vn[kAttnKeysPerLane];
+    loadAttnStep(kp, vp, kvDim, first + kAttnBlockKeys, end, row, kn, vn);
+    float score[kAttnKeysPerLane][G];
+#pragma unroll
+    for (int u = 0; u < kAttnKeysPerLane; ++u) {
+      float kf[8];
+      unpackBf16x8(kr[u], kf);
+      const bool valid = first + u * kAttnRowsPerLoad + row < end;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot = fmaf(qr[g][e], kf[e], dot);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+        score[u][g] = valid ? dot : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kAttnKeysPerLane; ++u) mx = fmaxf(mx, score[u][g]);
+      const float corr = fastExp2(m[g] - mx);
+      m[g] = mx;
+      l[g] *= corr;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+    }
+#pragma unroll
+    for (int u = 0; u < kAttnKeysPerLane; ++u) {
+      float vf[8];
+      unpackBf16x8(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = fastExp2(score[u][g] - m[g]);
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kAttnKeysPerLane; ++u) kr[u] = kn[u], vr[u] = vn[u];
+  }
+
+  // Merge the 4 row groups of the warp (lanes 8 apart), then the warps through shared memory.
+#pragma unroll
+  for (int offset = 8; offset <= 16; offset <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], offset);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], offset);
+      const float mx = fmaxf(m[g], mo);
+      const float a = fastExp2(m[g] - mx), b = fastExp2(mo - mx);
+      m[g] = mx;
+      l[g] = l[g] * a + lo * b;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+        acc[g][e] = acc[g][e] * a + ao * b;
+      }
+    }
+  }
+  if (row == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float4* a4 = reinterpret_cast<float4*>(&sAcc[warp][g][part * 8]);
+      a4[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      a4[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+      if (part == 0) sMax[warp][g] = m[g], sSum[warp][g] = l[g];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * kHeadDim; i += kAttnThreads) {
+    const int g = i / kHeadDim, d = i % kHeadDim;
+    float mx = sMax[0][g];
+#pragma unroll
+    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, sMax[w][g]);
+    float sum = 0.f, a = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) {
+      const float wt = fastExp2(sMax[w][g] - mx);  // 0 for a warp that saw no key of this split
+      sum = fmaf(sSum[w][g], wt, sum);
+      a = fmaf(sAcc[w][g][d], wt, a);
+    }
+    if (plan.count == 1) {
+      dst[i] = toBf16(a / sum);
+    } else {
+      float* o = partial + ((int64_t(s) * numHeads + head0 + g) * gridSplits + split) * kPartialStride;
+      o[d] = a;
+      if (d == 0) o[kHeadDim] = mx, o[kHeadDim + 1] = sum;
+    }
+  }
+}
+
+// A thread per (slot, head, dim): merges the splits of slots that have more than one, in split order.
+constexpr int kCombineThreads = 256;
+__global__ void __launch_bounds__(kCombineThreads)
+attentionDecodeCombineKernel(const float* __restrict__ partial, const int32_t* __restrict__ lengths,
+                             bf16* __restrict__ out, int64_t outStride, int numHeads, int gridSplits, int minSplits,
+                             int maxSplitKeys, int maxLen) {
+  // Every block waits (before anything else): this grid's completion then implies the partial kernel's.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  const int s = blockIdx.y, i = blockIdx.x * kCombineThreads + threadIdx.x;
+  if (i >= numHeads * kHeadDim) return;
+  const int len = imin(lengths[s], maxLen);
+  if (len <= 0) return;  // zeros written by the partial kernel
+  const int count = planSplits(len, minSplits, maxSplitKeys).count;
+  if (count <= 1) return;  // written by the partial kernel
+  const int h = i / kHeadDim, d = i % kHeadDim;
+  const float* base = partial + (int64_t(s) * numHeads + h) * gridSplits * kPartialStride;
+  float mx = -FLT_MAX;
+  for (int j = 0; j < count; ++j) mx = fmaxf(mx, base[j * kPartialStride + kHeadDim]);
+  float sum = 0.f, a = 0.f;
+  for (int j = 0; j < count; ++j) {
+    const float* p = base + j * kPartialStride;
+    const float wt = fastExp2(p[kHeadDim] - mx);
+    sum = fmaf(p[kHeadDim + 1], wt, sum);
+    a = fmaf(p[d], wt, a);
+  }
+  out[int64_t(s) * outStride + int64_t(h) * kHeadDim + d] = toBf16(a / sum);
 }
 
 __global__ void gpuSleepKernel(int microseconds) {
@@ -572,28 +734,108 @@ void gpuSleep(int microseconds, cudaStream_t stream) {
   WG_LAUNCH_CHECK(gpuSleepKernel);
 }
 
+namespace {
+
+int multiprocessorCount() {
+  static int cached[64] = {};  // per device; a racing first call computes the same value
+  int device = 0;
+  WG_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= 64) device = 0;
+  if (cached[device] == 0) {
+    int sms = 0;
+    WG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cached[device] = sms > 0 ? sms : 1;
+  }
+  return cached[device];
+}
+
+// Query heads per block: the largest divisor of the group that is at most 8 (register-resident q and outputs).
+int attentionHeadsPerBlock(int group) {
+  for (int g = 8; g > 1; --g)
+    if (group % g == 0) return g;
+  return 1;
+}
+
+template <int G>
+void launchAttentionPartial(dim3 grid, cudaStream_t stream, const bf16* q, int64_t qStride, const bf16* kCache,
+                            const bf16* vCache, const int32_t* lengths, bf16* out, int64_t outStride, float* partial,
+                            int gridSplits, int minSplits, int maxSplitKeys, int maxLen, int numHeads,
+                            int numKvHeads, float scaleLog2) {
+  attentionDecodePartialKernel<G><<<grid, kAttnThreads, 0, stream>>>(q, qStride, kCache, vCache, lengths, out,
+                                                                      outStride, partial, gridSplits, minSplits,
+                                                                      maxSplitKeys, maxLen, numHeads, numKvHeads,
+                                                                      scaleLog2);
+}
+
+}  // namespace
+
 int64_t attentionDecodeWorkspace(int slots, int maxLen, int numHeads) {
-  return int64_t(slots) * numHeads * ((maxLen + kKeysPerBlock - 1) / kKeysPerBlock) * kPartialStride;
+  if (slots <= 0 || maxLen <= 0 || numHeads <= 0) return 0;
+  // The grid's split count for the smallest maxSplitKeys and the largest target the launcher accepts (any
+  // group size: minSplits <= ceil(kAttnMaxTargetBlocks / slots)).
+  const int minSplitsBound = (kAttnMaxTargetBlocks + slots - 1) / slots;
+  const int64_t splits = nominalSplits(maxLen, minSplitsBound, kAttnMinMaxSplitKeys);
+  return int64_t(slots) * numHeads * splits * kPartialStride;
+}
+
+void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
+                     bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
+                     int numKvHeads, int headDim, cudaStream_t stream, const AttentionDecodeConfig& config) {
+  require(headDim == kHeadDim, "attentionDecode: headDim must be 64");
+  require(numKvHeads > 0 && numHeads % numKvHeads == 0, "attentionDecode: numHeads must be a multiple of numKvHeads");
+  require(reinterpret_cast<uintptr_t>(kCache) % 16 == 0 && reinterpret_cast<uintptr_t>(vCache) % 16 == 0,
+          "attentionDecode: the key and value caches must be 16-byte aligned");
+  if (slots == 0 || maxLen == 0) return;
+  const int group = numHeads / numKvHeads, G = attentionHeadsPerBlock(group), headBlocks = numHeads / G;
+  const int target = imin(kAttnMaxTargetBlocks,
+                          imax(1, config.targetBlocks > 0 ? config.targetBlocks : 2 * multiprocessorCount()));
+  const int64_t pairs = int64_t(slots) * headBlocks;
+  const int minSplits = int((target + pairs - 1) / pairs);
+  const int maxSplitKeys = imax(kAttnMinMaxSplitKeys, config.maxSplitKeys);
+  const int gridSplits = nominalSplits(maxLen, minSplits, maxSplitKeys);
+  require(workspace != nullptr || gridSplits == 1, "attentionDecode: a workspace is needed");
+  require(int64_t(slots) * numHeads * gridSplits * kPartialStride <= attentionDecodeWorkspace(slots, maxLen, numHeads),
+          "attentionDecode: internal error (workspace bound)");
+  const dim3 grid{unsigned(headBlocks), unsigned(slots), unsigned(gridSplits)};
+  const float scaleLog2 = 1.4426950408889634f / sqrtf(float(headDim));
+  switch (G) {
+#define WG_ATTN_CASE(g)                                                                                        \
+  case g:                                                                                                      \
+    launchAttentionPartial<g>(grid, stream, q, qStride, kCache, vCache, lengths, out, outStride, workspace,    \
+                              gridSplits, minSplits, maxSplitKeys, maxLen, numHeads, numKvHeads, scaleLog2); \
+    break;
+    WG_ATTN_CASE(1)
+    WG_ATTN_CASE(2)
+    WG_ATTN_CASE(3)
+    WG_ATTN_CASE(4)
+    WG_ATTN_CASE(5)
+    WG_ATTN_CASE(6)
+    WG_ATTN_CASE(7)
+    WG_ATTN_CASE(8)
+#undef WG_ATTN_CASE
+  }
+  WG_LAUNCH_CHECK(attentionDecodePartialKernel);
+  if (gridSplits == 1) return;  // no slot can have more than one split: the partial kernel wrote everything
+  cudaLaunchConfig_t launch{};
+  launch.gridDim = dim3(ceilDiv(int64_t(numHeads) * kHeadDim, kCombineThreads), unsigned(slots));
+  launch.blockDim = dim3(kCombineThreads);
+  launch.dynamicSmemBytes = 0;
+  launch.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  launch.attrs = attribute;
+  launch.numAttrs = config.pdl ? 1 : 0;
+  const float* partial = workspace;
+  WG_CUDA_CHECK(cudaLaunchKernelEx(&launch, attentionDecodeCombineKernel, partial, lengths, out, outStride, numHeads,
+                                   gridSplits, minSplits, maxSplitKeys, maxLen));
 }
 
 void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
                      bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
                      int numKvHeads, int headDim, cudaStream_t stream) {
-  require(headDim == kHeadDim, "attentionDecode: headDim must be 64");
-  require(numKvHeads > 0 && numHeads % numKvHeads == 0, "attentionDecode: numHeads must be a multiple of numKvHeads");
-  require(reinterpret_cast<uintptr_t>(kCache) % 16 == 0 && (numKvHeads * kHeadDim) % 8 == 0,
-          "attentionDecode: the key cache must be 16-byte aligned");
-  if (slots == 0 || maxLen == 0) return;
-  const int group = numHeads / numKvHeads, maxSplits = (maxLen + kKeysPerBlock - 1) / kKeysPerBlock;
-  const size_t smem = size_t(group) * (kHeadDim + kKeysPerBlock) * sizeof(float);
-  require(smem <= 48 * 1024, "attentionDecode: too many query heads per kv head (" + std::to_string(group) + ")");
-  attentionDecodePartialKernel<<<dim3(unsigned(numKvHeads), unsigned(slots), unsigned(maxSplits)), kDecodeThreads,
-                                 smem, stream>>>(q, qStride, kCache, vCache, lengths, workspace, maxSplits, maxLen,
-                                                 numHeads, numKvHeads, 1.f / sqrtf(float(headDim)));
-  WG_LAUNCH_CHECK(attentionDecodePartialKernel);
-  attentionDecodeCombineKernel<<<dim3(unsigned(numHeads), unsigned(slots)), kHeadDim, 0, stream>>>(
-      workspace, lengths, out, outStride, numHeads, maxSplits);
-  WG_LAUNCH_CHECK(attentionDecodeCombineKernel);
+  attentionDecode(q, qStride, kCache, vCache, lengths, out, outStride, workspace, slots, maxLen, numHeads, numKvHeads,
+                  headDim, stream, AttentionDecodeConfig{});
 }
 
 void sampleTokens(const float* logits, int vocab, const int32_t* lengths, const int32_t* allowedBegin,

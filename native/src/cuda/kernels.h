@@ -192,12 +192,23 @@ void shortConvDecode(const bf16* proj, const bf16* convWeight, float* convState,
 void kvCacheAppend(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* lengths,
                    bf16* kCache, bf16* vCache, int slots, int maxLen, int kvDim, cudaStream_t stream);
 // Attention of one query row per slot over its lengths[s] cached keys (GQA; headDim 64): out [slots, qDim]
-// (row stride outStride), 0 for inactive slots. Split over blocks of 64 keys (flash-decoding), merged by a
-// second kernel; workspace holds attentionDecodeWorkspace() floats.
+// (row stride outStride), 0 for inactive slots. Flash-decoding: each slot's keys are split over blocks, the
+// split count taken from lengths[s] on the device (so a captured graph stays right as lengths change; the grid
+// is sized for maxLen); slots with more than one split are merged by a second kernel (programmatic dependent
+// launch) through the workspace, which holds attentionDecodeWorkspace() floats (an upper bound for every
+// length <= maxLen and every config). Deterministic (fixed merge order, no atomics).
+struct AttentionDecodeConfig {
+  int maxSplitKeys = 1024;  // keys per split at most (clamped to >= 256)
+  int targetBlocks = 0;     // short of this many blocks, slots get more splits (0: 2 x SMs; clamped to <= 1024)
+  bool pdl = true;          // programmatic dependent launch of the combine kernel
+};
 int64_t attentionDecodeWorkspace(int slots, int maxLen, int numHeads);
 void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
                      bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
                      int numKvHeads, int headDim, cudaStream_t stream);
+void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,
+                     bf16* out, int64_t outStride, float* workspace, int slots, int maxLen, int numHeads,
+                     int numKvHeads, int headDim, cudaStream_t stream, const AttentionDecodeConfig& config);
 // Keeps the GPU busy for about `microseconds` (profiling: lets the host enqueue a whole step before it runs, so
 // that events between kernels time the kernels and not the launch gaps).
 void gpuSleep(int microseconds, cudaStream_t stream);
