@@ -492,9 +492,14 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
   // 1b. Continuous batching: in a session of 3 rows the later sequences queue, then join while earlier ones are
   //     still decoding, and each decodes what it decodes in one batch.
   {
+    // A stop token that sequence 0 meets early (its 5th greedy token on the CPU), so that rows free up at
+    // different steps.
+    GenerateArgs staggered = greedy;
+    staggered.stopTokens = {cpu->generate(greedy)[0].tokens[4]};
     GenerationSettings settings;
-    settings.maxNewTokens = greedy.maxNewTokens;
-    settings.sampling = greedy.sampling;
+    settings.maxNewTokens = staggered.maxNewTokens;
+    settings.stopTokens = staggered.stopTokens;
+    settings.sampling = staggered.sampling;
     settings.capacity = 3;
     auto session = gpu->startGeneration(settings);
     auto batchOf = [&](size_t from, size_t to) {
@@ -504,18 +509,18 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
       return b;
     };
     std::vector<GenerateOutput> outs(greedy.sequencePrompt.size());
-    session->add(batchOf(0, 2));
+    session->add(batchOf(0, 3));
     int steps = 0, joinedWhileRunning = 0;
     while (session->queued() > 0 || session->running() > 0 || steps < 2) {
       for (FinishedSequence& f : session->step()) outs[f.id] = std::move(f.output);
       if (++steps == 1) {
         joinedWhileRunning = session->running() > 0;
-        session->add(batchOf(2, greedy.sequencePrompt.size()));
+        session->add(batchOf(3, greedy.sequencePrompt.size()));
       }
     }
     session.reset();
     check(std::string(label) + " session: sequences joined while others ran", joinedWhileRunning ? 0 : 1, 0);
-    compareGreedy("greedy, continuous batching (3 rows, sequences joining)", greedy, &outs);
+    compareGreedy("greedy, continuous batching (3 rows, sequences joining)", staggered, &outs);
   }
   // 2. The log-probs generate() reports are what score() recomputes, on the GPU and on the CPU.
   const auto flat = flatLogprobs(g1);

@@ -736,7 +736,7 @@ class CudaEngine final : public Engine {
   // cuBLASLt where it does not apply.
   void decodeGemm(int N, int K, const bf16* X, int64_t ldx, const bf16* W, void* Y, cuda::OutType type, int64_t ldy) {
     const int M = int(dec_.slots);
-    if (useSkinny_ && M <= kSkinnyRows && cuda::skinnyGemmSupported(M, N, K) && cuda::skinnyGemmOperandsSupported(X, ldx, W, K) &&
+    if (useSkinny_ && M <= kSkinnyRows && N <= kSkinnyMaxOut && cuda::skinnyGemmSupported(M, N, K) && cuda::skinnyGemmOperandsSupported(X, ldx, W, K) &&
         cuda::skinnyGemmWorkspaceBytes(M, N, K) <= skinnyWorkspace_.bytes()) {
       cuda::skinnyGemm(M, N, K, X, ldx, W, K, Y, type, ldy, reinterpret_cast<float*>(skinnyWorkspace_.data()), stream_);
       return;
@@ -1201,7 +1201,11 @@ class CudaEngine final : public Engine {
 
   static constexpr int64_t kLogitChunkRows = 2048;  // [2048 x 65536] fp32 logits = 512 MiB at a time
   static constexpr int64_t kPrefillTokens = 16384;  // padded tokens per prefill forward
-  static constexpr int kSkinnyRows = 64;             // decode rows up to which the skinny product is used
+  // Where the skinny product beats cuBLASLt (bench/kernels/check_skinny, H200): up to 8 rows, on the narrower
+  // weights (o/out_proj 1.1-1.2x, w2 1.1-1.3x, q|k|v 1.1x; equal on in_proj); from 16 rows, and on w1|w3 and
+  // lm_head, cuBLASLt is as fast or faster.
+  static constexpr int kSkinnyRows = 8;
+  static constexpr int kSkinnyMaxOut = 4096;
 
   ModelConfig cfg_;
   int threads_;
