@@ -565,6 +565,48 @@ void checkDecode(Rng& rng, int slots, int maxLen, int H, int nh, int nkv, int V,
     record(std::string("short conv decode y ") + label, relError(download(dY), y), kTolBf16);
     record(std::string("short conv decode state ") + label, relError(download(dState), refState), kTolF32);
   }
+  // q/k norm + RoPE + KV append of a decode step, against cpu::rmsnorm_forward + cpu::rope_forward per head:
+  // q heads into qOut, k (normed, rotated) and v (as projected) into row lengths[s]-1 of the caches; inactive
+  // slots and every other cache row untouched.
+  {
+    const int qkvDim = qDim + 2 * kvDim;
+    auto qkv = randomValues(rng, size_t(slots) * qkvDim, 1.f), qw = randomValues(rng, hd, 0.1f, 1.f),
+         kw = randomValues(rng, hd, 0.1f, 1.f);
+    for (auto* x : {&qkv, &qw, &kw})
+      for (auto& e : *x) e = roundBf16(e);
+    std::vector<int32_t> positions(slots);
+    for (int s = 0; s < slots; ++s) positions[s] = std::max(0, lengths[s] - 1);
+    const float eps = 1e-5f, theta = 1e6f;
+    std::vector<float> qRef(size_t(slots) * qDim, 0.f), kRef(size_t(slots) * maxLen * kvDim, 0.f), vRef = kRef;
+    for (int s = 0; s < slots; ++s) {
+      if (lengths[s] <= 0) continue;
+      const float* row = qkv.data() + size_t(s) * qkvDim;
+      std::vector<float> q(row, row + qDim), k(row + qDim, row + qDim + kvDim), rstd(nh);
+      cpu::rmsnorm_forward(q.data(), rstd.data(), q.data(), qw.data(), nh, hd, eps);
+      cpu::rope_forward(q.data(), positions.data() + s, 1, nh, hd, theta);
+      cpu::rmsnorm_forward(k.data(), rstd.data(), k.data(), kw.data(), nkv, hd, eps);
+      cpu::rope_forward(k.data(), positions.data() + s, 1, nkv, hd, theta);
+      std::copy(q.begin(), q.end(), qRef.begin() + size_t(s) * qDim);
+      const size_t at = (size_t(s) * maxLen + (lengths[s] - 1)) * kvDim;
+      std::copy(k.begin(), k.end(), kRef.begin() + at);
+      std::copy(row + qDim + kvDim, row + qkvDim, vRef.begin() + at);
+    }
+    DeviceArray<bf16> dQkv(qkv.size()), dQw(hd), dKw(hd), dQ(qRef.size()), dKc(kRef.size()), dVc(vRef.size());
+    DeviceArray<int32_t> dPos(slots), dLen(slots);
+    upload(dQkv, qkv);
+    upload(dQw, qw);
+    upload(dKw, kw);
+    upload(dPos, positions);
+    upload(dLen, lengths);
+    cuda::fillBf16(dQ, dQ.n, 0.f, nullptr);
+    cuda::fillBf16(dKc, dKc.n, 0.f, nullptr);
+    cuda::fillBf16(dVc, dVc.n, 0.f, nullptr);
+    cuda::headNormRopeDecode(dQkv, qkvDim, dQ, qDim, dQw, dKw, dPos, dLen, dKc, dVc, slots, maxLen, nh, nkv, hd, eps,
+                             theta, nullptr);
+    record(std::string("q/k norm+rope decode q ") + label, relError(download(dQ), qRef), kTolBf16);
+    record(std::string("q/k norm+rope decode k cache ") + label, relError(download(dKc), kRef), kTolBf16);
+    record(std::string("q/k norm+rope decode v cache ") + label, relError(download(dVc), vRef), 0);
+  }
   // Sampling, against cpu::sample_token with the same logits, seen flags and RNG streams. Both sides run the
   // same Gumbel-max draw on the same fp32 values, so every token must agree (bf16-rounded logits make exact
   // ties common: greedy ties and truncation cuts are resolved identically, lowest id / all ties kept), and the

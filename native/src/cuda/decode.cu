@@ -85,17 +85,6 @@ __global__ void shortConvDecodeKernel(const bf16* __restrict__ proj, const bf16*
   state[hidden + c] = bx;
 }
 
-__global__ void kvCacheAppendKernel(const bf16* __restrict__ k, int64_t kStride, const bf16* __restrict__ v,
-                                    int64_t vStride, const int32_t* __restrict__ lengths, bf16* __restrict__ kCache,
-                                    bf16* __restrict__ vCache, int maxLen, int kvDim) {
-  const int s = blockIdx.x, len = lengths[s];
-  if (len <= 0) return;
-  const int64_t dst = (int64_t(s) * maxLen + (len - 1)) * kvDim;
-  for (int c = threadIdx.x; c < kvDim; c += blockDim.x) {
-    kCache[dst + c] = k[int64_t(s) * kStride + c];
-    vCache[dst + c] = v[int64_t(s) * vStride + c];
-  }
-}
 
 // ---- single-query attention over the cache (flash-decoding) ------------------------------------------------
 // Block per (group of G query heads sharing a kv head, slot, split of the slot's keys), 4 warps. A 64-wide bf16
@@ -721,13 +710,6 @@ void shortConvDecode(const bf16* proj, const bf16* convWeight, float* convState,
   WG_LAUNCH_CHECK(shortConvDecodeKernel);
 }
 
-void kvCacheAppend(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* lengths,
-                   bf16* kCache, bf16* vCache, int slots, int maxLen, int kvDim, cudaStream_t stream) {
-  if (slots == 0) return;
-  kvCacheAppendKernel<<<unsigned(slots), 128, 0, stream>>>(k, kStride, v, vStride, lengths, kCache, vCache, maxLen,
-                                                           kvDim);
-  WG_LAUNCH_CHECK(kvCacheAppendKernel);
-}
 
 void gpuSleep(int microseconds, cudaStream_t stream) {
   gpuSleepKernel<<<1, 1, 0, stream>>>(microseconds);

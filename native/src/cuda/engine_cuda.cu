@@ -542,9 +542,9 @@ class CudaEngine final : public Engine {
   // Decoding buffers for `slots` sequences of up to maxLen cached tokens (generate()).
   struct DecodeState {
     int64_t slots = 0, maxLen = 0;
-    float *x = nullptr, *rstd = nullptr, *rstdQ = nullptr, *rstdK = nullptr, *logits = nullptr, *logprob = nullptr;
+    float *x = nullptr, *rstd = nullptr, *logits = nullptr, *logprob = nullptr;
     float* attnWorkspace = nullptr;
-    bf16 *normed = nullptr, *proj = nullptr, *y = nullptr, *qkv = nullptr, *qk = nullptr, *attn = nullptr;
+    bf16 *normed = nullptr, *proj = nullptr, *y = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr;
     bf16 *gateUp = nullptr, *act = nullptr, *delta = nullptr, *xFinal = nullptr;
     int32_t *tokens = nullptr, *status = nullptr, *stepInts = nullptr;
     int32_t *prefillRow = nullptr, *promptLen = nullptr, *srcRows = nullptr, *dstRows = nullptr;
@@ -614,8 +614,6 @@ class CudaEngine final : public Engine {
       d.maxLen = maxLen;
       d.x = c.take<float>(S * H);
       d.rstd = c.take<float>(S);
-      d.rstdQ = c.take<float>(S * nh);
-      d.rstdK = c.take<float>(S * nkv);
       d.logits = c.take<float>(S * V);
       d.logprob = c.take<float>(S);
       d.attnWorkspace = c.take<float>(cuda::attentionDecodeWorkspace(int(S), int(maxLen), int(nh)));
@@ -623,7 +621,7 @@ class CudaEngine final : public Engine {
       d.proj = c.take<bf16>(S * 3 * H);
       d.y = c.take<bf16>(S * H);
       d.qkv = c.take<bf16>(S * qkvDim);
-      d.qk = c.take<bf16>(S * (qDim + kvDim));
+      d.q = c.take<bf16>(S * qDim);
       d.attn = c.take<bf16>(S * qDim);
       d.gateUp = c.take<bf16>(S * 2 * I);
       d.act = c.take<bf16>(S * I);
@@ -769,7 +767,7 @@ class CudaEngine final : public Engine {
     DecodeState& d = dec_;
     const int64_t S = d.slots, H = cfg_.hiddenSize, I = cfg_.intermediateSize, V = cfg_.vocabSize;
     const int64_t nh = cfg_.numHeads, nkv = cfg_.numKvHeads, hd = cfg_.headDim;
-    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim, qkDim = qDim + kvDim;
+    const int64_t qDim = nh * hd, kvDim = nkv * hd, qkvDim = qDim + 2 * kvDim;
     const float eps = cfg_.normEps;
     using cuda::OutType;
     const bf16* W = decodeWeights_;  // the compute copy, or with LoRA the merged copy
@@ -794,15 +792,11 @@ class CudaEngine final : public Engine {
       } else {
         decodeGemm(int(qkvDim), int(H), d.normed, H, W + lo.q, d.qkv, OutType::BF16, qkvDim);
         mark("gemm qkv");
-        cuda::headNormRopeForward(d.qkv, qkvDim, d.qk, qkDim, W + lo.qNorm, d.positions(), d.rstdQ, S,
-                                  int(nh), int(hd), eps, cfg_.ropeTheta, stream_);
-        cuda::headNormRopeForward(d.qkv + qDim, qkvDim, d.qk + qDim, qkDim, W + lo.kNorm, d.positions(),
-                                  d.rstdK, S, int(nkv), int(hd), eps, cfg_.ropeTheta, stream_);
-        mark("q/k norm + rope");
-        cuda::kvCacheAppend(d.qk + qDim, qkDim, d.qkv + qkDim, qkvDim, d.lengths(), d.kCache[l], d.vCache[l], int(S),
-                            int(d.maxLen), int(kvDim), stream_);
-        mark("kv append");
-        cuda::attentionDecode(d.qk, qkDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, d.attnWorkspace, int(S),
+        cuda::headNormRopeDecode(d.qkv, qkvDim, d.q, qDim, W + lo.qNorm, W + lo.kNorm, d.positions(), d.lengths(),
+                                 d.kCache[l], d.vCache[l], int(S), int(d.maxLen), int(nh), int(nkv), int(hd), eps,
+                                 cfg_.ropeTheta, stream_);
+        mark("q/k norm + rope + kv append");
+        cuda::attentionDecode(d.q, qDim, d.kCache[l], d.vCache[l], d.lengths(), d.attn, qDim, d.attnWorkspace, int(S),
                               int(d.maxLen), int(nh), int(nkv), int(hd), stream_);
         mark("attention");
         decodeGemm(int(H), int(qDim), d.attn, qDim, W + lo.o, d.delta, OutType::BF16, H);

@@ -54,6 +54,13 @@ void shortConvBackward(const bf16* dy, const bf16* proj, const bf16* convWeight,
 void headNormRopeForward(const bf16* in, int64_t inRowStride, bf16* out, int64_t outRowStride, const bf16* weight,
                          const int32_t* positions, float* rstd, int64_t rows, int heads, int headDim, float eps,
                          float theta, cudaStream_t stream);
+// The decode step's version for `slots` rows of a fused q|k|v buffer (row stride qkvStride): q heads normed and
+// rotated into qOut; k heads normed and rotated, and v heads as they are, written at row lengths[s]-1 of each
+// active slot's cache [slots, maxLen, numKvHeads*headDim]. headDim 64.
+void headNormRopeDecode(const bf16* qkv, int64_t qkvStride, bf16* qOut, int64_t qOutStride, const bf16* qWeight,
+                        const bf16* kWeight, const int32_t* positions, const int32_t* lengths, bf16* kCache,
+                        bf16* vCache, int slots, int maxLen, int numHeads, int numKvHeads, int headDim, float eps,
+                        float theta, cudaStream_t stream);
 // din (strided, overwritten), dweight [headDim] += .
 void headNormRopeBackward(const bf16* dout, int64_t doutRowStride, const bf16* in, int64_t inRowStride,
                           const bf16* weight, const int32_t* positions, const float* rstd, bf16* din,
@@ -188,9 +195,6 @@ void copyRows(const bf16* src, const int32_t* srcRows, bf16* dst, const int32_t*
 // the state shifts in this step's B*x.
 void shortConvDecode(const bf16* proj, const bf16* convWeight, float* convState, const int32_t* lengths, bf16* y,
                      int slots, int hidden, cudaStream_t stream);
-// Appends each active slot's k, v (strided rows) at position lengths[s]-1 of its cache.
-void kvCacheAppend(const bf16* k, int64_t kStride, const bf16* v, int64_t vStride, const int32_t* lengths,
-                   bf16* kCache, bf16* vCache, int slots, int maxLen, int kvDim, cudaStream_t stream);
 // Attention of one query row per slot over its lengths[s] cached keys (GQA; headDim 64): out [slots, qDim]
 // (row stride outStride), 0 for inactive slots. Flash-decoding: each slot's keys are split over blocks, the
 // split count taken from lengths[s] on the device (so a captured graph stays right as lengths change; the grid
