@@ -492,10 +492,14 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
   // 1b. Continuous batching: in a session of 3 rows the later sequences queue, then join while earlier ones are
   //     still decoding, and each decodes what it decodes in one batch.
   {
-    // A stop token that sequence 0 meets early (its 5th greedy token on the CPU), so that rows free up at
-    // different steps.
+    // Sequence 0 is held to a 3-token constraint path, so that its row frees up while the others decode.
     GenerateArgs staggered = greedy;
-    staggered.stopTokens = {cpu->generate(greedy)[0].tokens[4]};
+    auto path = std::make_shared<TokenTrieView>();
+    path->childOffsets = {0, 1, 2, 3, 3};
+    path->childTokens = {5, 6, 7};
+    path->childNodes = {1, 2, 3};
+    staggered.constraints.assign(greedy.sequencePrompt.size(), nullptr);
+    staggered.constraints[0] = path;
     GenerationSettings settings;
     settings.maxNewTokens = staggered.maxNewTokens;
     settings.stopTokens = staggered.stopTokens;
@@ -506,6 +510,7 @@ void generateChecks(const char* label, const ModelConfig& cfg, float initRange) 
       SequenceBatch b;
       b.prompts = greedy.prompts;
       b.sequencePrompt.assign(greedy.sequencePrompt.begin() + from, greedy.sequencePrompt.begin() + to);
+      b.constraints.assign(staggered.constraints.begin() + from, staggered.constraints.begin() + to);
       return b;
     };
     std::vector<GenerateOutput> outs(greedy.sequencePrompt.size());
