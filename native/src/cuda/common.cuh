@@ -33,6 +33,29 @@ inline void require(bool condition, const std::string& message) {
 
 inline unsigned ceilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// ---- programmatic dependent launch (PDL) ------------------------------------------------------------------------
+// A primary kernel calls pdlLaunchDependents() once its blocks have started, so that the next kernel, launched by
+// launchDependent(), gets its blocks resident early; that kernel calls pdlWait() before reading anything the
+// primary wrote (it returns once the primary grid has completed and its writes are visible; a no-op without PDL).
+__device__ __forceinline__ void pdlLaunchDependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdlWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialisation when `pdl`.
+template <typename... Params, typename... Args>
+void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl, Args... args) {
+  cudaLaunchConfig_t launch{};
+  launch.gridDim = grid;
+  launch.blockDim = block;
+  launch.dynamicSmemBytes = 0;
+  launch.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  launch.attrs = attribute;
+  launch.numAttrs = pdl ? 1 : 0;
+  WG_CUDA_CHECK(cudaLaunchKernelEx(&launch, kernel, args...));
+}
+
 __device__ __forceinline__ float toFloat(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ bf16 toBf16(float v) { return __float2bfloat16_rn(v); }
 

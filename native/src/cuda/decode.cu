@@ -182,7 +182,7 @@ attentionDecodePartialKernel(const bf16* __restrict__ q, int64_t qStride, const 
   __shared__ __align__(16) float sAcc[kAttnWarps][G][kHeadDim];
   // Lets the combine kernel (launched with programmatic stream serialisation) get its blocks resident once
   // every block of this grid has started; it still waits for this grid's completion before reading.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  pdlLaunchDependents();
   const int s = blockIdx.y, split = blockIdx.z, head0 = blockIdx.x * G;
   const int kvh = head0 / (numHeads / numKvHeads);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = lane >> 3, part = lane & 7;
@@ -333,7 +333,7 @@ attentionDecodeCombineKernel(const float* __restrict__ partial, const int32_t* _
                              bf16* __restrict__ out, int64_t outStride, int numHeads, int gridSplits, int minSplits,
                              int maxSplitKeys, int maxLen) {
   // Every block waits (before anything else): this grid's completion then implies the partial kernel's.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  pdlWait();
   const int s = blockIdx.y, i = blockIdx.x * kCombineThreads + threadIdx.x;
   if (i >= numHeads * kHeadDim) return;
   const int len = imin(lengths[s], maxLen);
@@ -798,19 +798,10 @@ void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const b
   }
   WG_LAUNCH_CHECK(attentionDecodePartialKernel);
   if (gridSplits == 1) return;  // no slot can have more than one split: the partial kernel wrote everything
-  cudaLaunchConfig_t launch{};
-  launch.gridDim = dim3(ceilDiv(int64_t(numHeads) * kHeadDim, kCombineThreads), unsigned(slots));
-  launch.blockDim = dim3(kCombineThreads);
-  launch.dynamicSmemBytes = 0;
-  launch.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  launch.attrs = attribute;
-  launch.numAttrs = config.pdl ? 1 : 0;
   const float* partial = workspace;
-  WG_CUDA_CHECK(cudaLaunchKernelEx(&launch, attentionDecodeCombineKernel, partial, lengths, out, outStride, numHeads,
-                                   gridSplits, minSplits, maxSplitKeys, maxLen));
+  launchDependent(attentionDecodeCombineKernel, dim3(ceilDiv(int64_t(numHeads) * kHeadDim, kCombineThreads), unsigned(slots)),
+                  dim3(kCombineThreads), stream, config.pdl, partial, lengths, out, outStride, numHeads, gridSplits,
+                  minSplits, maxSplitKeys, maxLen);
 }
 
 void attentionDecode(const bf16* q, int64_t qStride, const bf16* kCache, const bf16* vCache, const int32_t* lengths,

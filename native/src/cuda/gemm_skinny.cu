@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 1) skinnyGemmKernel(const Skin
   }
   // A dependent kernel launched with programmatic dependent launch (the split-K reduction) may start now; it
   // still waits for this grid's completion (griddepcontrol.wait) before reading.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  pdlLaunchDependents();
 
   // Warps splitting K within the CTA: warps wk > 0 hand their sums to warp wk = 0 of the same column, which adds
   // them in order wk = 1, 2, ... (fixed order: deterministic). The X buffer is reused.
@@ -262,7 +262,7 @@ __global__ void skinnySplitReduceKernel(const float* __restrict__ partials, int 
                                         int yF32, int64_t ldy) {
   // Launched with programmatic dependent launch: wait until the product's grid has completed and its partials
   // are visible (a no-op when launched without it).
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  pdlWait();
   const int groups = (N + 3) / 4;
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= int64_t(M) * groups) return;
@@ -530,19 +530,10 @@ void skinnyGemm(int M, int N, int K, const bf16* X, int64_t ldx, const bf16* W, 
   WG_LAUNCH_CHECK(skinnyGemmKernel);
   if (!split) return;
   const int64_t threads = int64_t(M) * ((N + 3) / 4);
-  cudaLaunchConfig_t launch{};
-  launch.gridDim = dim3(ceilDiv(threads, 256));
-  launch.blockDim = dim3(256);
-  launch.dynamicSmemBytes = 0;
-  launch.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  launch.attrs = attribute;
-  launch.numAttrs = config.pdl ? 1 : 0;
   const float* partials = workspace;
   const int yF32 = yType == OutType::F32;
-  WG_CUDA_CHECK(cudaLaunchKernelEx(&launch, skinnySplitReduceKernel, partials, p.splits, M, N, Y, yF32, ldy));
+  launchDependent(skinnySplitReduceKernel, dim3(ceilDiv(threads, 256)), dim3(256), stream, config.pdl, partials,
+                  p.splits, M, N, Y, yF32, ldy);
 }
 
 void skinnyGemm(int M, int N, int K, const bf16* X, int64_t ldx, const bf16* W, int64_t ldw, void* Y, OutType yType,
