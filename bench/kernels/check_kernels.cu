@@ -16,18 +16,11 @@
 
 #include "cpu/ops.h"
 #include "cuda/kernels.h"
+#include "harness.h"
 
 using namespace webgrpo;
 using cuda::bf16;
 
-#define CHECK_CUDA(expr)                                                                              \
-  do {                                                                                                \
-    cudaError_t e_ = (expr);                                                                          \
-    if (e_ != cudaSuccess) {                                                                          \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #expr); \
-      std::exit(2);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 // ---- random inputs --------------------------------------------------------------------------------------------
 // The reference ops' splitmix64 stream.
@@ -50,20 +43,6 @@ std::vector<float> randomValues(Rng& rng, size_t n, float scale, float offset = 
 }
 
 // ---- device buffers -------------------------------------------------------------------------------------------
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count = 0) : n(count) {
-    if (count) CHECK_CUDA(cudaMalloc(&ptr, count * sizeof(T)));
-  }
-  ~DeviceArray() {
-    if (ptr) cudaFree(ptr);
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  operator T*() const { return ptr; }
-};
 
 void upload(DeviceArray<bf16>& d, const std::vector<float>& h) {
   std::vector<bf16> tmp(h.size());

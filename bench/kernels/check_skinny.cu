@@ -21,33 +21,21 @@
 #include <string>
 #include <vector>
 
+#include "cpu/ops.h"
 #include "cuda/gemm_skinny.h"
 #include "cuda/kernels.h"
+#include "harness.h"
 
 using namespace webgrpo;
 using cuda::bf16;
 using cuda::OutType;
 
-#define CHECK_CUDA(expr)                                                                                       \
-  do {                                                                                                         \
-    cudaError_t e_ = (expr);                                                                                   \
-    if (e_ != cudaSuccess) {                                                                                   \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #expr); \
-      std::exit(2);                                                                                            \
-    }                                                                                                          \
-  } while (0)
 
 namespace {
 
 constexpr double kPeakBytesPerS = 4.8e12;  // H200 datasheet HBM bandwidth
 constexpr double kTolBf16 = 1e-2, kTolF32 = 1e-3;
 
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // bf16 values in [-scale, scale), stored both as bf16 (for the device) and as float (the same values).
 void randomBf16(uint64_t seed, size_t n, float scale, std::vector<bf16>& raw, std::vector<float>& values) {
@@ -55,25 +43,12 @@ void randomBf16(uint64_t seed, size_t n, float scale, std::vector<bf16>& raw, st
   values.resize(n);
   uint64_t state = seed;
   for (size_t i = 0; i < n; ++i) {
-    const float u = float(splitmix(state) >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    const float u = float(cpu::rng_next(state) >> 40) * (1.0f / 16777216.0f);  // [0, 1)
     raw[i] = __float2bfloat16_rn(scale * (2.f * u - 1.f));
     values[i] = __bfloat162float(raw[i]);
   }
 }
 
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count = 0) : n(count) {
-    if (count) CHECK_CUDA(cudaMalloc(&ptr, count * sizeof(T)));
-  }
-  ~DeviceArray() {
-    if (ptr) cudaFree(ptr);
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-};
 
 struct Case {
   std::string name;
