@@ -303,7 +303,7 @@ std::vector<GenerateOutput> Engine::generate(const GenerateArgs& args) {
   batch.sequencePrompt = args.sequencePrompt;
   batch.constraints = args.constraints;
   batch.seed = args.sampling.seed;
-  validateSequenceBatch(batch, config().vocabSize);  // before a session exists: bad input changes nothing
+  // A batch that add() refuses leaves nothing behind: the session closes as the exception leaves.
   std::unique_ptr<GenerationSession> session = startGeneration(settings);
   const int64_t first = session->add(std::move(batch));
   std::vector<GenerateOutput> outputs(args.sequencePrompt.size());

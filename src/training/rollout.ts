@@ -202,10 +202,11 @@ async function runWave(pool: EnvPool, policy: Policy, sampler: ContinuousSampler
     const firstRequests = active.map(requestOf);
     const firstResults = await sampler.sample(firstRequests, stepSeed(-1, 0));
     const settled = await Promise.allSettled(active.map(async (ep, i) => {
+      const episode = live.indexOf(ep);
       let goOn = await act(ep, firstRequests[i], firstResults[i]);
       while (goOn) {
         const request = requestOf(ep);
-        const [result] = await sampler.sample([request], stepSeed(live.indexOf(ep), ep.record.steps));
+        const [result] = await sampler.sample([request], stepSeed(episode, ep.record.steps));
         goOn = await act(ep, request, result);
       }
     }));

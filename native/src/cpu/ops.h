@@ -172,23 +172,16 @@ WEBGRPO_HD uint64_t splitmix64_mix(uint64_t z) {
 }
 constexpr uint64_t kSplitmixGolden = 0x9e3779b97f4a7c15ull;
 
+// memcpy is the portable bit cast on both sides (nvcc turns it into a register move in device code).
 WEBGRPO_HD float float_from_bits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
-#endif
 }
 WEBGRPO_HD uint32_t bits_of_float(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   return u;
-#endif
 }
 // Order-preserving map of a float to an unsigned key (larger float, larger key; -0 just below +0). The
 // truncation cuts compare these keys.
